@@ -1,0 +1,158 @@
+"""The one typed place for groundloop's configuration.
+
+Every setting has a default, an environment variable (Label Studio's own names where they exist) and a
+CLI flag of the same name (``--box-threshold`` for ``box_threshold``); ``backend.cli`` maps flags onto it.
+Precedence: CLI flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
+
+
+def _env_name(name: str) -> str:
+    return ENV_NAMES.get(name, f"GROUNDLOOP_{name.upper()}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where things live -------------------------------------------------------------------------
+    data_dir: Path = Path("data")
+    """Root of everything groundloop writes: database, image cache, model registry, reports."""
+    database_url: str = ""
+    """SQLAlchemy URL; empty means ``sqlite:///<data_dir>/groundloop.db``."""
+
+    # --- model -------------------------------------------------------------------------------------
+    model: str = DEFAULT_MODEL
+    """Hugging Face hub id or a local ``save_pretrained`` directory of the STARTING model."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ..."""
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    image_size: int = 0
+    """Shortest edge the image is resized to before the model; 0 keeps the processor's default (800)."""
+
+    # --- Label Studio --------------------------------------------------------------------------------
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    """Legacy token or personal access token (a JWT refresh token)."""
+    allowed_image_hosts: tuple[str, ...] = ()
+    """Hosts absolute image URLs may come from; empty means the Label Studio host alone."""
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    image_timeout: float = 10.0
+
+    # --- server --------------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 4
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    predict_budget_seconds: float = 80.0
+    """Wall-clock budget for one /predict call (Label Studio gives up after 100 s)."""
+    log_level: str = "INFO"
+
+    # --- training loop -------------------------------------------------------------------------------
+    train_min_new_annotations: int = 10
+    train_min_interval_minutes: float = 30.0
+    epochs: int = 10
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    patience: int = 3
+    promotion_margin: float = 0.0
+    val_fraction: float = 0.2
+    val_min: int = 2
+    freeze_backbone: bool = True
+    freeze_text_encoder: bool = True
+    seed: int = 0
+
+    # --- derived -------------------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'groundloop.db').resolve()}"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def image_hosts(self) -> tuple[str, ...]:
+        """Hosts absolute image URLs may come from (the Label Studio host by default)."""
+        if self.allowed_image_hosts:
+            return self.allowed_image_hosts
+        host = urlparse(self.label_studio_url).hostname
+        return (host,) if host else ()
+
+    # --- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then the environment, then ``overrides`` (CLI flags; None means 'not given')."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(_env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if not isinstance(values.get("data_dir", Path()), Path):
+            values["data_dir"] = Path(values["data_dir"])
+        if isinstance(values.get("allowed_image_hosts"), str):
+            values["allowed_image_hosts"] = _parse("tuple", values["allowed_image_hosts"], "allowed_image_hosts")
+        return cls(**values)
+
+
+ENV_NAMES = {
+    "label_studio_url": "LABEL_STUDIO_URL",
+    "label_studio_api_key": "LABEL_STUDIO_API_KEY",
+    "basic_auth_user": "BASIC_AUTH_USER",
+    "basic_auth_pass": "BASIC_AUTH_PASS",
+    "database_url": "DATABASE_URL",
+    "model": "GROUNDLOOP_MODEL",
+    "log_level": "LOG_LEVEL",
+}
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name`` (for docs and the CLI's help)."""
+    return _env_name(field_name)
+
+
+def _parse(type_name: Any, raw: str, name: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{_env_name(name)}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Creates or refreshes the project's virtual env (.venv) when pyproject.toml changed since the last install.
+# Sourced by serve.sh and test.sh; safe to run again (it does nothing when everything is in place).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${GROUNDLOOP_VENV:-$ROOT/.venv}"
+EXTRAS="${1:-}"
+STAMP="$VENV/.groundloop-installed${EXTRAS:+-$EXTRAS}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtual env in $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    echo "[setup] installing groundloop${EXTRAS:+[$EXTRAS]} into $VENV (first run takes a few minutes)" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # torch first and pinned: the CPU build 2.13.0 (on our machines it lies on disk); never a CUDA download.
+    "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    touch "$STAMP"
+fi
