@@ -1,0 +1,77 @@
+"""The training worker: a process beside the web server that schedules and runs training rounds.
+
+Rounds are asked for by the START_TRAINING webhook, by ``groundloop train``, and by the schedule here: a
+project gets a round when at least ``train_min_new_annotations`` annotations arrived or changed since its
+last round and ``train_min_interval_minutes`` passed. Claiming a round takes a lease in the database, so
+any number of workers can run and still never train one project twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from active_learning.labelstudio import LabelStudioClient, sync_project
+from active_learning.rounds import LEASE_SECONDS, RoundOutcome, run_round
+from active_learning.settings import Settings
+from active_learning.store import Store
+from active_learning.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store | None = None, owner: str | None = None):
+        self.settings = settings
+        self.store = store or Store.from_settings(settings)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+    def schedule_due_rounds(self) -> list[int]:
+        """Queue a round for every project with enough new annotations and enough time since its last round."""
+        queued = []
+        for project_id in self.store.project_ids():
+            runs = self.store.training_runs(project_id)
+            last = runs[0].requested_at if runs else None
+            if last is not None and utcnow() - last < timedelta(minutes=self.settings.train_min_interval_minutes):
+                continue
+            fresh = self.store.count_annotations(project_id, since=last)
+            if fresh >= self.settings.train_min_new_annotations:
+                log.info("project %d: %d new or changed annotations since the last round: queueing one",
+                         project_id, fresh)
+                queued.append(self.store.request_training(project_id, "schedule"))
+        return queued
+
+    def reconcile(self, project_id: int) -> None:
+        """Pull missed annotations from Label Studio first; a Label Studio that is down does not stop the round."""
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return
+        try:
+            result = sync_project(self.store, LabelStudioClient.from_settings(self.settings), project_id)
+            log.info("project %d: reconciled with Label Studio: %s", project_id, result)
+        except Exception as error:  # noqa: BLE001 - train on what the store has; the next round syncs again
+            log.warning("project %d: Label Studio sync failed (%s); training on the stored annotations",
+                        project_id, error)
+
+    def run_once(self, project_id: int | None = None) -> RoundOutcome | None:
+        """Schedule, then claim and run at most one round; None when there is nothing to do."""
+        self.schedule_due_rounds()
+        run = self.store.claim_training_run(self.owner, LEASE_SECONDS, project_id=project_id)
+        if run is None:
+            return None
+        log.info("run %d: training project %d (trigger: %s)", run.id, run.project_id, run.trigger)
+        return run_round(self.settings, self.store, run.id, self.owner, prepare=self.reconcile)
+
+    def run_forever(self, stop: threading.Event, poll_seconds: float = 10.0) -> None:
+        log.info("training worker %s started (a round after %d new annotations and %.0f minutes)", self.owner,
+                 self.settings.train_min_new_annotations, self.settings.train_min_interval_minutes)
+        while not stop.is_set():
+            try:
+                outcome = self.run_once()
+            except Exception:  # noqa: BLE001 - e.g. the database briefly locked: try again at the next poll
+                log.exception("training worker: poll failed")
+                outcome = None
+            if outcome is None:
+                stop.wait(poll_seconds)
