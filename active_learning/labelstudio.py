@@ -1,0 +1,195 @@
+"""Talking to Label Studio: authentication, project sync, and keeping the project's ``model_version`` in step.
+
+Label Studio accepts two kinds of API key. A legacy key is sent as ``Authorization: Token <key>``. A personal
+access token (PAT) is a JWT refresh token: it is exchanged at ``POST /api/token/refresh/`` for an access token
+that lives 300 s and is sent as ``Authorization: Bearer <access>`` (the PAT itself as Bearer gets 401).
+``LabelStudioAuth`` does both for plain ``requests`` calls (``images.ImageFetcher``'s downloads of task
+images); ``LabelStudioClient`` wraps the SDK, which does the same for API calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+
+from active_learning.events import parse_annotation, parse_project, parse_task
+from active_learning.settings import Settings
+
+if TYPE_CHECKING:
+    from active_learning.store import Store
+
+REFRESH_MARGIN_SECONDS = 30.0
+"""Refresh the access token this long before it expires."""
+ACCESS_TOKEN_SECONDS = 300.0
+"""Label Studio's access-token lifetime, assumed when the token does not say."""
+
+
+class LabelStudioError(Exception):
+    """Label Studio refused or could not be reached; the message is one line."""
+
+
+def is_personal_access_token(api_key: str) -> bool:
+    """A PAT is a JWT (``header.payload.signature``); a legacy key is 40 hex characters."""
+    return jwt_claims(api_key) is not None
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT, unverified (Label Studio verifies; we only read ``exp``); None if not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # bad base64, bad UTF-8 and bad JSON are all ValueErrors
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class LabelStudioAuth(requests.auth.AuthBase):
+    """``requests`` auth for Label Studio: ``Token <key>``, or a PAT exchanged for short-lived Bearer tokens.
+
+    Thread-safe: one instance is shared by all of a server's threads, and only one of them refreshes.
+    """
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.uses_pat = is_personal_access_token(api_key)
+        self._access: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self.header()
+        return request
+
+    def header(self) -> str:
+        if not self.uses_pat:
+            return f"Token {self.api_key}"
+        with self._lock:
+            if self._access is None or time.time() > self._expires_at - REFRESH_MARGIN_SECONDS:
+                self._refresh()
+            return f"Bearer {self._access}"
+
+    def _refresh(self) -> None:
+        try:
+            response = requests.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self.api_key},
+                                     timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"cannot reach Label Studio at {self.base_url} to refresh the access token: "
+                                   f"{type(exc).__name__}") from None
+        try:
+            access = response.json().get("access") if response.ok else None
+        except ValueError:  # not JSON: not Label Studio answering
+            access = None
+        if not isinstance(access, str):
+            raise LabelStudioError(f"Label Studio refused the personal access token (HTTP {response.status_code} "
+                                   "from /api/token/refresh/): check LABEL_STUDIO_API_KEY")
+        claims = jwt_claims(access) or {}
+        self._access = access
+        self._expires_at = float(claims.get("exp") or time.time() + ACCESS_TOKEN_SECONDS)
+
+
+@dataclass
+class LabelStudioClient:
+    """The Label Studio API, through label-studio-sdk (which handles both kinds of key itself)."""
+
+    url: str
+    api_key: str
+    sdk: LabelStudio = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.url or not self.api_key:
+            raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set")
+        self.url = self.url.rstrip("/")
+        self.sdk = LabelStudio(base_url=self.url, api_key=self.api_key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LabelStudioClient":
+        return cls(settings.label_studio_url, settings.label_studio_api_key)
+
+    def get_project(self, project_id: int) -> dict[str, Any]:
+        return self.sdk.projects.get(id=project_id).model_dump(mode="json")
+
+    def tasks_with_annotations(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project with all its annotations (skips included)."""
+        pager = self.sdk.tasks.list(project=project_id, fields="all", page_size=100)
+        return [task.model_dump(mode="json") for task in pager]
+
+    def set_project_model_version(self, project_id: int, version: str) -> None:
+        """Point the project at ``version``: Label Studio's uncertainty sampling only uses predictions of it.
+
+        Label Studio accepts a version only once the project has predictions of it (or an ML backend titled
+        so): store at least one prediction of the new version first.
+        """
+        try:
+            self.sdk.projects.update(id=project_id, model_version=version)
+        except ApiError as exc:
+            errors = exc.body.get("validation_errors") if isinstance(exc.body, dict) else None
+            reason = (errors or {}).get("model_version") or [f"HTTP {exc.status_code}"]
+            raise LabelStudioError(f"Label Studio refused model_version {version!r} for project {project_id}: "
+                                   f"{reason[0]}") from None
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    project_id: int
+    tasks: int
+    annotations: int
+    tasks_deleted: int
+    annotations_deleted: int
+    errors: list[str] = field(default_factory=list)
+    """One line per task or annotation Label Studio returned that could not be read (left as they were)."""
+
+
+def sync_project(store: "Store", client: LabelStudioClient, project_id: int) -> SyncResult:
+    """Make the store hold exactly what Label Studio holds for the project.
+
+    Pulls the project, every task and every annotation through the API and upserts them (recovering webhooks
+    missed while the backend was down); tasks and annotations the store has but Label Studio no longer has
+    are marked deleted.
+    """
+    try:
+        project = parse_project(client.get_project(project_id))
+        tasks = client.tasks_with_annotations(project_id)
+    except Exception as exc:  # the SDK raises its ApiError, httpx errors and pydantic errors alike
+        raise LabelStudioError(f"cannot read project {project_id} from Label Studio: {exc}".splitlines()[0]) from None
+
+    store.save_project(project)
+    seen_tasks: set[int] = set()
+    seen_annotations: set[int] = set()
+    errors: list[str] = []
+    for raw_task in tasks:
+        seen_tasks.add(raw_task.get("id"))
+        annotations = raw_task.get("annotations") or []
+        seen_annotations.update(a.get("id") for a in annotations)
+        try:
+            task = parse_task(raw_task, project.id)
+        except ValueError as exc:
+            errors.append(f"task {raw_task.get('id')}: {exc}")
+            continue
+        if not annotations:
+            store.save_task(project, task)
+        for raw_annotation in annotations:
+            try:
+                annotation = parse_annotation({**raw_annotation, "task": task.id}, project.id)
+            except ValueError as exc:
+                errors.append(f"annotation {raw_annotation.get('id')}: {exc}")
+                continue
+            store.save_annotation(project, task, annotation)
+
+    gone_annotations = [a.id for a in store.annotations(project_id) if a.id not in seen_annotations]
+    gone_tasks = [task_id for task_id in store.task_ids(project_id) if task_id not in seen_tasks]
+    store.mark_annotations_deleted(gone_annotations)
+    store.mark_tasks_deleted(gone_tasks)
+    return SyncResult(project_id, len(seen_tasks), len(seen_annotations), len(gone_tasks), len(gone_annotations),
+                      errors)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the store, applied programmatically (see ``active_learning.store.migrate``)."""

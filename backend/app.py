@@ -1,0 +1,100 @@
+"""The HTTP face of the backend: the routes Label Studio calls, kept thin; the work is in ``Predictor``.
+
+Every answer is JSON, errors included: a malformed request gets 400 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from active_learning.settings import Settings
+from backend.predictor import Predictor, RequestError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
+    """The Flask app; without ``predictor`` it loads the model named by ``settings`` (once, here)."""
+    predictor = predictor or Predictor.from_settings(settings)
+    app = Flask(__name__)
+    app.config["predictor"] = predictor
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.monotonic()
+        if settings.basic_auth_user and not _authorized(settings):
+            return _error("authentication required", 401, {"WWW-Authenticate": 'Basic realm="groundloop"'})
+        return None
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        if request.url_rule is not None:
+            predictor.metrics.observe(request.url_rule.rule, time.monotonic() - g.started)
+        return response
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(predictor.health())
+
+    @app.post("/setup")
+    def setup():
+        return jsonify(predictor.setup(_json_object()))
+
+    @app.post("/predict")
+    def predict():
+        return jsonify(predictor.predict(_json_object()))
+
+    @app.post("/webhook")
+    def webhook():
+        return jsonify(predictor.webhook(_json_object()))
+
+    @app.get("/metrics")
+    def metrics():
+        return jsonify(predictor.metrics.snapshot())
+
+    @app.errorhandler(RequestError)
+    def bad_request(exc: RequestError):
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return _error(str(exc), 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def crash(exc: Exception):
+        log.exception("%s %s failed", request.method, request.path)
+        predictor.metrics.count("failures")
+        return _error(f"internal error: {type(exc).__name__}", 500)
+
+    return app
+
+
+def _json_object() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    return body
+
+
+def _authorized(settings: Settings) -> bool:
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    # compare both, always: how long it takes tells nothing about which one was wrong
+    user_ok = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+    pass_ok = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+    return user_ok and pass_ok
+
+
+def _error(message: str, status: int, headers: dict | None = None) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response

