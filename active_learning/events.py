@@ -145,6 +145,40 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
     return boxes, size
 
 
+def rectangle_results(detections: Any, from_name: str, to_name: str, width: int, height: int) -> list[dict[str, Any]]:
+    """The inverse of ``boxes_from_result``: pixel boxes (``supervision.Detections`` with
+    ``data["class_name"]`` and, for predictions, ``confidence``) -> Label Studio rectangles in percent,
+    clipped to the image."""
+    regions = []
+    scores = detections.confidence
+    for i, (x1, y1, x2, y2) in enumerate(detections.xyxy.tolist()):
+        x1, x2 = (min(max(v, 0.0), width) for v in (x1, x2))
+        y1, y2 = (min(max(v, 0.0), height) for v in (y1, y2))
+        if x2 <= x1 or y2 <= y1:
+            continue
+        region = {
+            "id": f"r{i}",
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "image_rotation": 0,
+            "value": {
+                "x": 100.0 * x1 / width,
+                "y": 100.0 * y1 / height,
+                "width": 100.0 * (x2 - x1) / width,
+                "height": 100.0 * (y2 - y1) / height,
+                "rotation": 0,
+                "rectanglelabels": [str(detections.data["class_name"][i])],
+            },
+        }
+        if scores is not None:
+            region["score"] = float(scores[i])
+        regions.append(region)
+    return regions
+
+
 def _pixel_box(x: float, y: float, w: float, h: float, rotation: float, size: tuple[int, int]) -> list[float]:
     sx, sy = size[0] / 100.0, size[1] / 100.0
     x, y, w, h = x * sx, y * sy, w * sx, h * sy

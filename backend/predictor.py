@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from active_learning.events import rectangle_results
 from active_learning.images import ImageError, ImageFetcher
 from active_learning.label_config import (
     LabelConfigError,
@@ -224,7 +225,7 @@ class Predictor:
             log.exception("task %s: detection failed on %s; no prediction", task.get("id"), url)
             self.metrics.count("failures")
             return NO_PREDICTION
-        result = _regions(detections, job, fetched.width, fetched.height)
+        result = rectangle_results(detections, job.control.name, job.control.to_name, fetched.width, fetched.height)
         score = float(detections.metadata["uncertainty"])
         if isinstance(task.get("id"), int):
             self.store.save_prediction(
@@ -279,35 +280,6 @@ def _label_studio_sync(settings: Settings, store: Store) -> Callable[[int, str],
 
 def _prediction(result: list, score: float, model_version: str) -> dict:
     return {"result": result, "score": score, "model_version": model_version}
-
-
-def _regions(detections: Any, job: Job, width: int, height: int) -> list[dict]:
-    """Detections in pixels -> Label Studio rectangles in percent of the image, clipped to it."""
-    regions = []
-    for i, (x1, y1, x2, y2) in enumerate(detections.xyxy.tolist()):
-        x1, x2 = (min(max(v, 0.0), width) for v in (x1, x2))
-        y1, y2 = (min(max(v, 0.0), height) for v in (y1, y2))
-        if x2 <= x1 or y2 <= y1:
-            continue
-        regions.append({
-            "id": f"r{i}",
-            "from_name": job.control.name,
-            "to_name": job.control.to_name,
-            "type": "rectanglelabels",
-            "original_width": width,
-            "original_height": height,
-            "image_rotation": 0,
-            "score": float(detections.confidence[i]),
-            "value": {
-                "x": 100.0 * x1 / width,
-                "y": 100.0 * y1 / height,
-                "width": 100.0 * (x2 - x1) / width,
-                "height": 100.0 * (y2 - y1) / height,
-                "rotation": 0,
-                "rectanglelabels": [str(detections.data["class_name"][i])],
-            },
-        })
-    return regions
 
 
 def _prompt_from_context(control: PromptControl | None, context: Any) -> str | None:
