@@ -212,7 +212,11 @@ class ImageCache:
         sha = self._lookup(url)
         if sha is not None:
             return decode(url, self.path_for(sha).read_bytes(), self.settings.max_image_pixels)
-        data = self.fetcher.download(url)
+        return self.put(url, self.fetcher.download(url))
+
+    def put(self, url: str, data: bytes) -> FetchedImage:
+        """Store ``data`` as the image behind ``url``: ``get(url)`` then reads it from disk. This is also how images
+        that never were on the web (``groundloop import``) get into the cache."""
         fetched = decode(url, data, self.settings.max_image_pixels)
         path = self.path_for(fetched.sha256)
         if not path.exists():

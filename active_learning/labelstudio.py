@@ -1,4 +1,5 @@
-"""Talking to Label Studio: authentication, project sync, and keeping the project's ``model_version`` in step.
+"""Talking to Label Studio: authentication, project sync, pushing predictions, and keeping the project's
+``model_version`` in step.
 
 Label Studio accepts two kinds of API key. A legacy key is sent as ``Authorization: Token <key>``. A personal
 access token (PAT) is a JWT refresh token: it is exchanged at ``POST /api/token/refresh/`` for an access token
@@ -124,6 +125,19 @@ class LabelStudioClient:
         """Every task of the project with all its annotations (skips included)."""
         pager = self.sdk.tasks.list(project=project_id, fields="all", page_size=100)
         return [task.model_dump(mode="json") for task in pager]
+
+    def unlabeled_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's tasks without any annotation (a skip counts as one)."""
+        return [task for task in self.tasks_with_annotations(project_id) if not task.get("annotations")]
+
+    def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> None:
+        """Store ``{"result", "score", "model_version"}`` as a prediction of the task in Label Studio."""
+        try:
+            self.sdk.predictions.create(task=task_id, result=prediction["result"], score=prediction["score"],
+                                        model_version=prediction["model_version"])
+        except ApiError as exc:
+            raise LabelStudioError(f"Label Studio refused a prediction for task {task_id}: HTTP {exc.status_code} "
+                                   f"{str(exc.body)[:200]}") from None
 
     def set_project_model_version(self, project_id: int, version: str) -> None:
         """Point the project at ``version``: Label Studio's uncertainty sampling only uses predictions of it.

@@ -4,18 +4,26 @@ Each fine-tuned version is a ``save_pretrained`` directory ``<data dir>/models/<
 rename once complete, and a ``model_versions`` row. A project without a deployed version is served by the
 starting model (``Settings.model``: a hub id or a directory). Deploying a version retires the one before;
 ``rollback`` deploys any earlier version again.
+
+Server processes hold their detectors in a ``ModelPool``, which asks the store on every request which version
+serves the project: a version the worker deploys serves the next request, without a restart.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model import Detector
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,72 @@ def serving_model(store: Store, settings: Settings, project_id: int | None) -> S
     if deployed is not None:
         return ServingModel(deployed.path, deployed.name)
     return ServingModel(settings.model, None)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A detector in memory and the ``model_version`` its predictions carry."""
+
+    detector: Detector
+    version: str
+
+    @classmethod
+    def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
+        detector = Detector.load(serving.source, device=device)
+        return cls(detector, serving.version or starting_model_version(detector))
+
+
+class ModelPool:
+    """The detectors one server process holds, and for each request the one that serves its project now.
+
+    ``model_for`` asks the store which version serves the project on every call (one indexed query), so a
+    version the worker deploys serves the next request without a restart. A new version is loaded first and
+    only then handed out; a request keeps the detector it got to its end, whatever the pool does meanwhile.
+    Each source is loaded once; the ``settings.loaded_models`` most recently used stay in memory.
+    """
+
+    def __init__(self, settings: Settings, store: Store, starting: Detector | None = None):
+        """``starting``: the starting model, when the caller has it loaded already."""
+        self.settings = settings
+        self.store = store
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time: two new versions' weights at once could exhaust memory
+        self._starting_version: str | None = None
+        if starting is not None:
+            self._keep(settings.model, LoadedModel(starting, starting_model_version(starting)))
+
+    def model_for(self, project_id: int | None) -> LoadedModel:
+        """The model serving ``project_id`` now, loaded if needed (``None``: the starting model)."""
+        serving = serving_model(self.store, self.settings, project_id)
+        with self._lock:
+            if serving.source in self._models:
+                self._models.move_to_end(serving.source)
+                return self._models[serving.source]
+        with self._load_lock:
+            with self._lock:  # another thread may have loaded it while this one waited
+                if serving.source in self._models:
+                    return self._models[serving.source]
+            log.info("loading %s (model_version %s) for project %s", serving.source,
+                     serving.version or "from its weights", project_id)
+            return self._keep(serving.source, LoadedModel.load(serving, self.settings.device))
+
+    def version_for(self, project_id: int | None) -> str:
+        """The ``model_version`` the project's next prediction carries; loads nothing but the starting model."""
+        version = serving_model(self.store, self.settings, project_id).version
+        if version is not None:
+            return version
+        return self._starting_version or self.model_for(None).version
+
+    def _keep(self, source: str, model: LoadedModel) -> LoadedModel:
+        with self._lock:
+            self._models[source] = model
+            if source == self.settings.model:
+                self._starting_version = model.version
+            while len(self._models) > max(1, self.settings.loaded_models):
+                evicted, _ = self._models.popitem(last=False)
+                log.info("unloaded %s (least recently used)", evicted)
+        return model
 
 
 def checkpoint_name(project_id: int, run_id: int) -> str:

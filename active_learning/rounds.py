@@ -19,7 +19,7 @@ from typing import Callable
 
 from active_learning.dataset import Dataset, build_dataset
 from active_learning.images import ImageCache, cache_labeled_images
-from active_learning.registry import checkpoint_name, register, serving_model, starting_model_version
+from active_learning.registry import LoadedModel, checkpoint_name, register, serving_model
 from active_learning.report import RoundReport, write_report
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -120,9 +120,9 @@ def _check_enough(dataset: Dataset, project_id: int) -> None:
 def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id: int, dataset: Dataset,
                       staging: Path, after_epoch, started: float) -> RoundOutcome:
     serving = serving_model(store, settings, project_id)
-    deployed = Detector.load(serving.source, device=settings.device)
-    deployed_version = serving.version or starting_model_version(deployed)
-    baseline = evaluate(deployed, dataset.validation, dataset.classes, eval_settings(settings))
+    deployed = LoadedModel.load(serving, settings.device)
+    deployed_version = deployed.version
+    baseline = evaluate(deployed.detector, dataset.validation, dataset.classes, eval_settings(settings))
     log.info("run %d: deployed %s scores val mAP %.4f on %d images", run_id, deployed_version, baseline.map,
              len(dataset.validation))
     del deployed

@@ -40,6 +40,8 @@ class Settings:
     max_detections: int = 100
     image_size: int = 0
     """Shortest edge the image is resized to before the model; 0 keeps the processor's default (800)."""
+    loaded_models: int = 3
+    """Model versions a server process keeps in memory (serving different projects); least recently used go."""
 
     # --- Label Studio --------------------------------------------------------------------------------
     label_studio_url: str = ""

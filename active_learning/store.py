@@ -54,6 +54,8 @@ class IngestResult:
     action: str
     handled: bool
     message: str
+    labeled_task_ids: tuple[int, ...] = ()
+    """Tasks that got labels from this event: their images are worth caching now."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class Store:
         self.dialect = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         migrate(self.engine)
-        self._handlers: dict[str, Callable[[dict[str, Any]], str]] = {
+        # A handler answers its message, or (message, ids of the tasks it labeled).
+        self._handlers: dict[str, Callable[[dict[str, Any]], str | tuple[str, list[int]]]] = {
             "ANNOTATION_CREATED": self._on_annotation,
             "ANNOTATION_UPDATED": self._on_annotation,
             "ANNOTATIONS_CREATED": self._on_annotations_created,
@@ -110,19 +113,21 @@ class Store:
         handler = self._handlers.get(action)
         if handler is None:
             return IngestResult(action, False, f"{action} ignored")
-        return IngestResult(action, True, handler(payload))
+        answer = handler(payload)
+        message, labeled = answer if isinstance(answer, tuple) else (answer, ())
+        return IngestResult(action, True, message, tuple(labeled))
 
-    def _on_annotation(self, payload: dict[str, Any]) -> str:
+    def _on_annotation(self, payload: dict[str, Any]) -> tuple[str, list[int]]:
         project = self._envelope_project(payload)
         annotation = parse_annotation(payload.get("annotation"), project.id if project else None)
         task = parse_task(payload.get("task"), annotation.project_id)
         with self._write() as session:
             self._save_annotation(session, project, task, annotation)
         if annotation.was_cancelled:
-            return f"skip of task {task.id} recorded"
-        return f"annotation {annotation.id} of task {task.id} saved ({len(annotation.boxes)} boxes)"
+            return f"skip of task {task.id} recorded", []
+        return f"annotation {annotation.id} of task {task.id} saved ({len(annotation.boxes)} boxes)", [task.id]
 
-    def _on_annotations_created(self, payload: dict[str, Any]) -> str:
+    def _on_annotations_created(self, payload: dict[str, Any]) -> tuple[str, list[int]]:
         """The bulk form: ``annotation`` and ``task`` are lists."""
         project = self._envelope_project(payload)
         annotations, tasks = payload.get("annotation"), payload.get("task")
@@ -137,7 +142,8 @@ class Store:
                     raise ValueError(f"ANNOTATIONS_CREATED: task {annotation.task_id} of annotation "
                                      f"{annotation.id} was not sent")
                 self._save_annotation(session, project, by_id[annotation.task_id], annotation)
-        return f"{len(parsed)} annotations saved"
+        labeled = sorted({a.task_id for a in parsed if not a.was_cancelled})
+        return f"{len(parsed)} annotations saved", labeled
 
     def _on_annotations_deleted(self, payload: dict[str, Any]) -> str:
         ids = ids_of(payload.get("annotations"), "annotations")

@@ -4,6 +4,10 @@ Rounds are asked for by the START_TRAINING webhook, by ``groundloop train``, and
 project gets a round when at least ``train_min_new_annotations`` annotations arrived or changed since its
 last round and ``train_min_interval_minutes`` passed. Claiming a round takes a lease in the database, so
 any number of workers can run and still never train one project twice at once.
+
+After a round deployed a new version, the worker predicts the project's unlabeled tasks with it and hands the
+predictions to Label Studio, then points the project's ``model_version`` at it: annotators (and uncertainty
+sampling) see the new model's boxes without asking. The web servers pick the new version up on their own.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import os
 import socket
 import threading
 from datetime import timedelta
+from typing import Callable
 
 from active_learning.labelstudio import LabelStudioClient, sync_project
+from active_learning.predictions import publish_to_label_studio
+from active_learning.registry import LoadedModel, serving_model
 from active_learning.rounds import LEASE_SECONDS, RoundOutcome, run_round
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.tables import utcnow
+from model.training import EpochResult
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +63,31 @@ class Worker:
             log.warning("project %d: Label Studio sync failed (%s); training on the stored annotations",
                         project_id, error)
 
-    def run_once(self, project_id: int | None = None) -> RoundOutcome | None:
-        """Schedule, then claim and run at most one round; None when there is nothing to do."""
+    def publish(self, project_id: int) -> None:
+        """Hand the deployed version's predictions of the unlabeled tasks to Label Studio; never raises."""
+        if not (self.settings.label_studio_url and self.settings.label_studio_api_key):
+            return
+        try:
+            model = LoadedModel.load(serving_model(self.store, self.settings, project_id), self.settings.device)
+            publish_to_label_studio(self.settings, self.store, LabelStudioClient.from_settings(self.settings),
+                                    model, project_id)
+        except Exception:  # noqa: BLE001 - the round succeeded; Label Studio catches up at the next /predict
+            log.exception("project %d: could not hand the new version's predictions to Label Studio", project_id)
+
+    def run_once(self, project_id: int | None = None,
+                 after_epoch: Callable[[EpochResult], None] | None = None) -> RoundOutcome | None:
+        """Schedule, then claim and run at most one round (publishing a promoted version); None when there is
+        nothing to do. ``after_epoch`` reports progress."""
         self.schedule_due_rounds()
         run = self.store.claim_training_run(self.owner, LEASE_SECONDS, project_id=project_id)
         if run is None:
             return None
         log.info("run %d: training project %d (trigger: %s)", run.id, run.project_id, run.trigger)
-        return run_round(self.settings, self.store, run.id, self.owner, prepare=self.reconcile)
+        outcome = run_round(self.settings, self.store, run.id, self.owner, prepare=self.reconcile,
+                            after_epoch=after_epoch)
+        if outcome.status == "succeeded":
+            self.publish(run.project_id)
+        return outcome
 
     def run_forever(self, stop: threading.Event, poll_seconds: float = 10.0) -> None:
         log.info("training worker %s started (a round after %d new annotations and %.0f minutes)", self.owner,

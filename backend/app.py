@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
-    """The Flask app; without ``predictor`` it loads the model named by ``settings`` (once, here)."""
+    """The Flask app; without ``predictor`` it loads the starting model named by ``settings`` (once, here)."""
     predictor = predictor or Predictor.from_settings(settings)
     app = Flask(__name__)
     app.config["predictor"] = predictor
@@ -57,6 +57,10 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
     @app.get("/metrics")
     def metrics():
         return jsonify(predictor.metrics.snapshot())
+
+    @app.get("/status")
+    def status():
+        return jsonify(predictor.status())
 
     @app.errorhandler(RequestError)
     def bad_request(exc: RequestError):

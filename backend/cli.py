@@ -1,9 +1,16 @@
 """``groundloop``: the command line.
 
-    groundloop serve [--port 9090 --box-threshold 0.3 ...]   the ML backend under gunicorn
+    groundloop serve [--port 9090 --box-threshold 0.3 ...]   the ML backend under gunicorn, and the training worker
+    groundloop worker                                         the training worker alone
+    groundloop status [--project 3] [--json]                  deployed versions, training runs, corrections
+    groundloop train --project 3                              run a training round now, in this process
+    groundloop rollback --project 3 --to VERSION              serve an earlier model version again
     groundloop sync --project 3 [...]                         pull one Label Studio project into the store
+    groundloop import --project 3 (--voc DIR | --csv FILE --images DIR) [--classes "a,b(alias|alias)"]
+    groundloop export --project 3 --format coco|voc --out DIR
+    groundloop predict IMAGES_DIR --classes "a,b(alias|alias)" --out DIR [--url-prefix P --model ...]
 
-Every ``Settings`` field is a flag of both commands (``box_threshold`` -> ``--box-threshold``), generated from the
+Every ``Settings`` field is a flag of every command (``box_threshold`` -> ``--box-threshold``), generated from the
 dataclass, so a new setting needs no CLI change. A flag simply overrides the field's environment variable, so the
 CLI parses values exactly as the environment does. Precedence: flag > environment > default.
 """
@@ -12,17 +19,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Sequence
 
 from gunicorn.app.base import BaseApplication
 
+from active_learning.images import ImageCache
+from active_learning.interchange import (CSV_COLUMNS, EXPORT_FORMATS, InterchangeError, export_project, import_csv,
+                                        import_voc, parse_classes)
 from active_learning.labelstudio import LabelStudioClient, LabelStudioError, sync_project
+from active_learning.prelabel import prelabel_folder
+from active_learning.registry import rollback
 from active_learning.settings import Settings, env_name
+from active_learning.status import collect_status, render_status
 from active_learning.store import Store
+from active_learning.worker import Worker
 
+WORKER_STOP_SECONDS = 30
+"""Seconds ``serve`` gives the training worker to stop before killing it."""
 WORKER_TIMEOUT = 300
 """Seconds gunicorn lets a worker go silent: it covers loading the model in the worker and one full /predict."""
 
@@ -48,12 +69,15 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Settings, argparse.Namespa
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundloop", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the ML backend (gunicorn)")
+    serve = commands.add_parser("serve", help="run the ML backend (gunicorn) and the training worker")
+    serve.add_argument("--no-worker", action="store_true", help="do not start the training worker beside it")
     serve.set_defaults(run=_serve)
     sync = commands.add_parser("sync", help="pull a Label Studio project's tasks and annotations into the store")
     sync.add_argument("--project", type=int, required=True, help="Label Studio project id")
     sync.set_defaults(run=_sync)
-    for command in (serve, sync):
+    _interchange_commands(commands)
+    _training_commands(commands)
+    for command in commands.choices.values():
         for f in dataclasses.fields(Settings):
             default = f.default if f.default is not dataclasses.MISSING else None
             command.add_argument(
@@ -65,8 +89,159 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interchange_commands(commands) -> None:
+    """``import``, ``export`` and ``predict``: datasets in and out without Label Studio."""
+    classes_help = 'classes, comma-separated, aliases in parentheses split by "|": "car(automobile|truck),person"'
+    import_ = commands.add_parser("import", help="import Pascal VOC or CSV boxes as a project's training data")
+    import_.add_argument("--project", type=int, required=True, help="project id (Label Studio's, or a new one)")
+    source = import_.add_mutually_exclusive_group(required=True)
+    source.add_argument("--voc", type=Path, metavar="DIR", help="folder of Pascal VOC .xml files (searched deeply)")
+    source.add_argument("--csv", type=Path, metavar="FILE", help="CSV: " + ",".join(CSV_COLUMNS))
+    import_.add_argument("--images", type=Path, metavar="DIR",
+                         help="the images (CSV: required; VOC: default beside the XML or in a sibling folder)")
+    import_.add_argument("--classes", type=_classes, help=classes_help + "; creates an unknown project")
+    import_.set_defaults(run=_import)
+    export = commands.add_parser("export", help="write a project's human boxes and images as COCO or Pascal VOC")
+    export.add_argument("--project", type=int, required=True)
+    export.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    export.add_argument("--out", type=Path, required=True, metavar="DIR")
+    export.set_defaults(run=_export)
+    predict = commands.add_parser("predict", help="pre-label a folder of images into a Label Studio import file")
+    predict.add_argument("images_dir", type=Path, metavar="IMAGES_DIR")
+    predict.add_argument("--classes", type=_classes, required=True, help=classes_help)
+    predict.add_argument("--out", type=Path, required=True, metavar="DIR")
+    predict.add_argument("--url-prefix", help="task image URL = prefix + file name; default "
+                                              "/data/local-files/?d=<IMAGES_DIR's name>/")
+    predict.set_defaults(run=_predict)
+
+
+def _classes(text: str) -> list:
+    try:
+        return parse_classes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    if args.csv and not args.images:
+        print("groundloop import: --csv needs --images DIR", file=sys.stderr)
+        return 2
+    store, cache = Store.from_settings(settings), ImageCache(settings)
+    try:
+        if args.voc:
+            report = import_voc(store, cache, args.project, args.voc, args.images, args.classes)
+        else:
+            report = import_csv(store, cache, args.project, args.csv, args.images, args.classes)
+    except (InterchangeError, OSError) as exc:
+        print(f"groundloop import: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        report = export_project(Store.from_settings(settings), ImageCache(settings), args.project, args.out,
+                                args.format)
+    except InterchangeError as exc:
+        print(f"groundloop export: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def _predict(settings: Settings, args: argparse.Namespace) -> int:
+    if not args.images_dir.is_dir():
+        print(f"groundloop predict: {args.images_dir} is not a folder", file=sys.stderr)
+        return 1
+    report = prelabel_folder(settings, args.images_dir, args.classes, args.out, args.url_prefix)
+    print(report.summary(args.out))
+    print(f"Label Studio: create the project with {args.out / 'label_config.xml'}:\n"
+          f"{(args.out / 'label_config.xml').read_text()}then import {args.out / 'tasks.json'}")
+    return 0
+
+
+def _training_commands(commands) -> None:
+    """``worker``, ``status``, ``train`` and ``rollback``: the training loop from the command line."""
+    commands.add_parser("worker", help="run the training worker (rounds when due, or asked for)").set_defaults(
+        run=_worker)
+    status = commands.add_parser("status", help="per project: deployed version, training runs, corrections")
+    status.add_argument("--project", type=int, help="only this project")
+    status.add_argument("--json", action="store_true", help="JSON, as GET /status answers")
+    status.set_defaults(run=_status)
+    train = commands.add_parser("train", help="queue a training round for a project and run it now, here")
+    train.add_argument("--project", type=int, required=True)
+    train.set_defaults(run=_train)
+    rollback = commands.add_parser("rollback", help="deploy an earlier model version of a project again")
+    rollback.add_argument("--project", type=int, required=True)
+    rollback.add_argument("--to", required=True, metavar="VERSION", help="a model version name (see status)")
+    rollback.set_defaults(run=_rollback)
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    GunicornServer(settings).run()
+    """gunicorn in this process, the training worker in a child process that stops with it."""
+    worker = None if args.no_worker else subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "worker", *_settings_flags(args)])
+    try:
+        GunicornServer(settings).run()  # gunicorn ends with SystemExit when stopped
+    finally:
+        if worker is not None:
+            worker.terminate()  # the worker finishes its poll; a round cut short is failed by its lease
+            try:
+                worker.wait(timeout=WORKER_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _settings_flags(args: argparse.Namespace) -> list[str]:
+    """The Settings flags given on this command line, to hand to a child process as they were."""
+    return [part for f in dataclasses.fields(Settings) if getattr(args, f.name) is not None
+            for part in ("--" + f.name.replace("_", "-"), getattr(args, f.name))]
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    Worker(settings).run_forever(stop)
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    status = collect_status(Store.from_settings(settings), None if args.project is None else [args.project])
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    store = Store.from_settings(settings)
+    run_id = store.request_training(args.project, "cli")
+    print(f"run {run_id}: training project {args.project} ...", flush=True)
+
+    def progress(epoch) -> None:
+        print(f"  epoch {epoch.epoch}/{settings.epochs}: loss {epoch.train_loss:.4f}, val mAP {epoch.metrics.map:.4f}"
+              f" ({epoch.seconds:.0f} s)", flush=True)
+
+    outcome = Worker(settings, store).run_once(project_id=args.project, after_epoch=progress)
+    if outcome is None:
+        print(f"groundloop train: project {args.project} already has a round running elsewhere; "
+              "follow it with groundloop status", file=sys.stderr)
+        return 1
+    print(f"run {outcome.run_id}: {outcome.status}" + (f" ({outcome.model_version})" if outcome.model_version else "")
+          + (f": {outcome.error}" if outcome.error else ""))
+    return 1 if outcome.status == "failed" else 0
+
+
+def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    store = Store.from_settings(settings)
+    try:
+        rollback(store, args.project, args.to)
+    except ValueError as exc:
+        print(f"groundloop rollback: {exc}", file=sys.stderr)
+        return 1
+    print(f"project {args.project}: {args.to} is deployed; servers answer with it from their next request")
+    Worker(settings, store).publish(args.project)
     return 0
 
 

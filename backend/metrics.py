@@ -44,5 +44,6 @@ class Metrics:
             "cache_hits": counters.get("cache_hits", 0),
             "failures": counters.get("failures", 0),
             "skipped_over_budget": counters.get("skipped_over_budget", 0),
+            "predicted_in_background": counters.get("predicted_in_background", 0),
             "latency": latency,
         }

@@ -2,6 +2,10 @@
 
 What a newcomer needs to know:
 
+* Each project is served by its own model version (``registry.ModelPool``): the starting model until training
+  deploys a fine-tuned version for it. The pool checks the store on every request, so a version the worker
+  deploys answers the next request of that project, without a restart; a request in flight keeps the model it
+  started with.
 * ``/predict`` answers exactly one entry per task, in task order. An entry is a prediction dict, or an EMPTY
   LIST when the task got no prediction (its image could not be read, the time budget ran out, or the config has
   nothing to pre-annotate). Label Studio 1.23.2 (``ml/models.py``, ``_get_predictions_from_ml_backend``) accepts a
@@ -9,43 +13,37 @@ What a newcomer needs to know:
   prediction of our ``model_version`` and Label Studio asks for it again next time. An entry ``{"result": []}``
   would instead be stored as an empty prediction and the task would never be asked for again.
 * Label Studio sends every selected task in one call and gives up after 100 s. Predictions already made for the
-  same image URL, model version and detection parameters (``params_key``) come from the store at once; new
-  ones are computed until ``settings.predict_budget_seconds`` is spent, the rest is skipped (logged, not stored).
-* The prediction ``score`` is the detector's uncertainty in [0, 1]: LOW means "look at this task first", which is
-  what Label Studio's "Uncertainty sampling" serves first.
+  same image URL, model version and detection parameters come from the store at once; new ones are computed
+  until ``settings.predict_budget_seconds`` is spent. The tasks left over are answered with no prediction and
+  finished in the background (``backend.backfill``): stored, so the next "Retrieve predictions" answers them at
+  once, and pushed to Label Studio when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set. Every task ends
+  with a prediction.
+* The prediction itself (image, detection, Label Studio format, score) is ``active_learning.predictions``: the
+  worker's refresh after a promotion makes its predictions the same way.
 * Interactive pre-annotation: when the config has a ``<TextArea>`` on the image and the editor sends its text in
   ``params.context``, that text (phrases separated by commas) is the class prompt. It is remembered per project
   and used for that project's later tasks.
-* Only the first ``<RectangleLabels>`` of a config is pre-annotated.
+* Annotation webhooks go to the store; the annotated task's image is then cached on disk in the background, so
+  training never needs Label Studio up.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from active_learning.events import rectangle_results
-from active_learning.images import ImageError, ImageFetcher
-from active_learning.label_config import (
-    LabelConfigError,
-    LabelSchema,
-    PromptControl,
-    RectangleControl,
-    parse_label_config,
-)
+from active_learning.images import ImageCache, ImageFetcher, cache_task_image
+from active_learning.label_config import LabelConfigError, LabelSchema, PromptControl, parse_label_config
 from active_learning.labelstudio import LabelStudioClient
+from active_learning.predictions import Job, PredictionError, predict_task, project_job, stored_prediction
+from active_learning.registry import LoadedModel, ModelPool
 from active_learning.settings import Settings
+from active_learning.status import collect_status
 from active_learning.store import Store
+from backend.backfill import Backfill
 from backend.metrics import Metrics
-from model import ClassSpec, DetectionSettings, Detector
 
 log = logging.getLogger(__name__)
 
@@ -57,70 +55,52 @@ class RequestError(ValueError):
     """The request is malformed; the routes answer 400 with this message."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """What one /predict call asks for, worked out once for all its tasks."""
-
-    project_id: int | None
-    control: RectangleControl
-    classes: list[ClassSpec]
-    detection: DetectionSettings
-    params_key: str
-
-
-def model_version_of(detector: Detector) -> str:
-    """``<short model name>-<12 hex of the weights>``: the same weights give the same version after a restart."""
-    short_name = Path(str(detector.source).rstrip("/")).name or "model"
-    return f"{short_name}-{detector.version_digest}"
-
-
 class Predictor:
-    def __init__(
-        self,
-        settings: Settings,
-        detector: Detector,
-        store: Store,
-        fetcher: ImageFetcher,
-        *,
-        sync_model_version: Callable[[int, str], None] | None = None,
-    ) -> None:
-        """``sync_model_version(ls_project_id, model_version)`` keeps the LS project's ``model_version`` in step."""
+    def __init__(self, settings: Settings, pool: ModelPool, store: Store, fetcher: ImageFetcher, *,
+                 label_studio: LabelStudioClient | None = None) -> None:
+        """With ``label_studio``, the backend keeps each project's ``model_version`` there in step and pushes the
+        predictions it finishes in the background."""
         self.settings = settings
-        self.detector = detector
+        self.pool = pool
         self.store = store
         self.fetcher = fetcher
-        self.model_version = model_version_of(detector)
+        self.label_studio = label_studio
         self.metrics = Metrics()
-        self._sync_model_version = sync_model_version
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-sync")
+        self.backfill = Backfill(pool, store, fetcher, self.metrics, label_studio)
+        self.images = ImageCache(settings, fetcher)
+        self._image_caching = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-cache")
+        self._syncing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-sync")
         self._sync_pending: set[int] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Predictor":
-        """Load the serving model once (call it in each server process) and connect to the store."""
+        """Connect to the store and load the starting model (call it in each server process)."""
         store = Store.from_settings(settings)
-        deployed = store.deployed_model(None)  # a model promoted by training, else the starting model
-        detector = Detector.load(deployed.path if deployed else settings.model, device=settings.device)
-        sync = _label_studio_sync(settings, store) if settings.label_studio_url else None
-        predictor = cls(settings, detector, store, ImageFetcher(settings), sync_model_version=sync)
-        log.info("serving %s (model_version %s) on %s", detector.source, predictor.model_version, detector.device)
-        return predictor
+        pool = ModelPool(settings, store)
+        starting = pool.model_for(None)
+        label_studio = LabelStudioClient.from_settings(settings) \
+            if settings.label_studio_url and settings.label_studio_api_key else None
+        log.info("starting model %s (model_version %s) on %s; projects with a deployed version get theirs",
+                 settings.model, starting.version, starting.detector.device)
+        return cls(settings, pool, store, ImageFetcher(settings), label_studio=label_studio)
 
     # --- routes ------------------------------------------------------------------------------------------
     def health(self) -> dict:
-        return {"status": "UP", "model_class": type(self).__name__, "model_version": self.model_version}
+        """``model_version`` is the starting model's: projects may be served by their own fine-tuned version."""
+        return {"status": "UP", "model_class": type(self).__name__, "model_version": self.pool.version_for(None)}
 
     def setup(self, body: dict) -> dict:
-        """Check the label config and answer our model version; keep the LS project's version in step."""
+        """Check the label config and answer the project's model version; keep the LS project's version in step."""
         schema = _parse_config(_field(body, "schema", str))
         project_id = _project_id(body.get("project"))
-        answer: dict = {"model_version": self.model_version}
+        version = self.pool.version_for(project_id)
+        answer: dict = {"model_version": version}
         if not schema.rectangle_controls:
             answer["warning"] = _NOTHING_TO_DO
             log.warning("/setup for project %s: %s", project_id, _NOTHING_TO_DO)
         if project_id is not None:
             self.store.upsert_project(project_id, body["schema"])
-            self._keep_in_step(project_id)
+            self._keep_in_step(project_id, version)
         return answer
 
     def predict(self, body: dict) -> dict:
@@ -139,120 +119,85 @@ class Predictor:
             return {"results": [NO_PREDICTION for _ in tasks]}
         if project_id is not None:
             self.store.upsert_project(project_id, config)
-        job = self._job(schema, project_id, params.get("context"))
-        results = self._predict_tasks(tasks, job)
+        typed_prompt = _prompt_from_context(schema.prompt_control, params.get("context"))
+        job = project_job(self.settings, self.store, schema, project_id, typed_prompt)
+        model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
+        results = self._predict_tasks(tasks, job, model)
         if project_id is not None and any(results):
-            self._keep_in_step(project_id)
+            self._keep_in_step(project_id, model.version)
         return {"results": results}
 
     def webhook(self, body: dict) -> dict:
         """Every event goes to the store, which also queues a training run on START_TRAINING; unknown actions
-        are acknowledged and ignored."""
+        are acknowledged and ignored. Newly labeled tasks get their images cached in the background."""
         try:
             outcome = self.store.ingest(body)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
         log.info("webhook %s: %s", outcome.action, outcome.message)
+        for task_id in outcome.labeled_task_ids:
+            self._image_caching.submit(self._cache_image, task_id)
         status = "ok" if outcome.handled else "ignored"
         return {"status": status, "action": outcome.action, "message": outcome.message}
 
-    # --- the work ----------------------------------------------------------------------------------------
-    def _job(self, schema: LabelSchema, project_id: int | None, context: Any) -> Job:
-        control = schema.rectangle_controls[0]
-        prompt = _prompt_from_context(schema.prompt_control, context)
-        if prompt and project_id is not None:
-            self.store.set_project_prompt(project_id, prompt)
-            log.info("project %s: detection prompt is now %r", project_id, prompt)
-        elif not prompt and schema.prompt_control is not None and project_id is not None:
-            prompt = self.store.project_prompt(project_id)
-        classes = _classes_for_prompt(prompt, control.classes) if prompt else control.classes
-        s = self.settings
-        detection = DetectionSettings(
-            box_threshold=control.score_threshold if control.score_threshold is not None else s.box_threshold,
-            text_threshold=s.text_threshold,
-            nms_iou=s.nms_iou,
-            max_detections=s.max_detections,
-            image_size=s.image_size,
-        )
-        key_source = {
-            "from_name": control.name,
-            "to_name": control.to_name,
-            "classes": [[c.name, list(c.aliases)] for c in classes],
-            "detection": dataclasses.asdict(detection),
-        }
-        params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
-        return Job(project_id, control, classes, detection, params_key)
+    def status(self) -> dict:
+        """What ``GET /status`` shows: per project, what serves it, its training runs, versions and corrections."""
+        return collect_status(self.store, serving_version=self.pool.version_for)
 
-    def _predict_tasks(self, tasks: list[dict], job: Job) -> list:
+    # --- the work ----------------------------------------------------------------------------------------
+    def _predict_tasks(self, tasks: list[dict], job: Job, model: LoadedModel) -> list:
         deadline = time.monotonic() + self.settings.predict_budget_seconds
         results, skipped = [], []
         for task in tasks:
-            key = job.control.image_value_key
-            url = task["data"].get(key)
-            if not isinstance(url, str) or not url:
-                log.warning("task %s: no image URL in data[%r]; no prediction", task.get("id"), key)
+            try:
+                cached = stored_prediction(self.store, task, job, model.version)
+                if cached is not None:
+                    self.metrics.count("cache_hits")
+                    results.append(cached)
+                elif time.monotonic() >= deadline:
+                    skipped.append(task)
+                    results.append(NO_PREDICTION)
+                else:
+                    results.append(predict_task(model, self.fetcher, self.store, task, job))
+                    self.metrics.count("predictions")
+            except PredictionError as exc:
+                log.warning("task %s: %s; no prediction", task.get("id"), exc)
                 self.metrics.count("failures")
                 results.append(NO_PREDICTION)
-                continue
-            cached = self.store.find_prediction(url, self.model_version, job.params_key)
-            if cached is not None:
-                self.metrics.count("cache_hits")
-                results.append(_prediction(cached["result"], cached["score"], self.model_version))
-                continue
-            if time.monotonic() >= deadline:
-                skipped.append(task.get("id"))
-                results.append(NO_PREDICTION)
-                continue
-            results.append(self._predict_one(task, url, job))
         if skipped:
             self.metrics.count("skipped_over_budget", len(skipped))
-            log.warning(
-                "/predict budget of %.0f s spent: %d task(s) left without prediction (Label Studio asks again): %s",
-                self.settings.predict_budget_seconds, len(skipped), skipped,
-            )
+            log.warning("/predict budget of %.0f s spent: %d task(s) answered without prediction, finished in the "
+                        "background: %s", self.settings.predict_budget_seconds, len(skipped),
+                        [task.get("id") for task in skipped])
+            self.backfill.submit(skipped, job)
         return results
 
-    def _predict_one(self, task: dict, url: str, job: Job) -> dict | list:
+    def _cache_image(self, task_id: int) -> None:
         try:
-            fetched = self.fetcher.fetch(url)
-        except ImageError as exc:
-            log.warning("task %s: image %s cannot be read (%s); no prediction", task.get("id"), url, exc)
-            self.metrics.count("failures")
-            return NO_PREDICTION
-        try:
-            detections = self.detector.detect([fetched.image], job.classes, job.detection)[0]
-        except Exception:  # one odd image must not cost the other tasks their predictions
-            log.exception("task %s: detection failed on %s; no prediction", task.get("id"), url)
-            self.metrics.count("failures")
-            return NO_PREDICTION
-        result = rectangle_results(detections, job.control.name, job.control.to_name, fetched.width, fetched.height)
-        score = float(detections.metadata["uncertainty"])
-        if isinstance(task.get("id"), int):
-            self.store.save_prediction(
-                project_id=job.project_id, task_id=task["id"], image_url=url, model_version=self.model_version,
-                params_key=job.params_key, result=result, score=score,
-            )
-        self.metrics.count("predictions")
-        return _prediction(result, score, self.model_version)
+            cache_task_image(self.store, self.images, task_id)
+        except Exception as exc:  # noqa: BLE001 - training fetches it again, or reports it
+            log.warning("task %d: image not cached: %s", task_id, exc)
 
-    def _keep_in_step(self, project_id: int) -> None:
-        """Point the Label Studio project at our model version, in the background (/setup has 3 s).
+    def _keep_in_step(self, project_id: int, version: str) -> None:
+        """Point the Label Studio project at ``version``, in the background (/setup has 3 s).
 
         Label Studio refuses a ``model_version`` no prediction of the project carries yet ("doesn't exist either
         as live model or as static predictions"), and it stores our predictions only after /predict answered:
         hence the retries, and the call after every /predict too.
         """
-        if self._sync_model_version is None or project_id in self._sync_pending:
+        if self.label_studio is None or project_id in self._sync_pending:
             return
         self._sync_pending.add(project_id)
-        self._background.submit(self._sync_with_retries, project_id)
+        self._syncing.submit(self._sync_with_retries, project_id, version)
 
-    def _sync_with_retries(self, project_id: int) -> None:
+    def _sync_with_retries(self, project_id: int, version: str) -> None:
         try:
             for delay in SYNC_RETRY_DELAYS:
                 time.sleep(delay)
                 try:
-                    self._sync_model_version(project_id, self.model_version)
+                    if self.label_studio.get_project(project_id).get("model_version") != version:
+                        self.label_studio.set_project_model_version(project_id, version)
+                    self.store.set_project_model_version(project_id, version)
                     return
                 except Exception as exc:  # Label Studio down, key wrong, or no prediction of ours there yet
                     error = str(exc)[:300]
@@ -266,22 +211,6 @@ SYNC_RETRY_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0)
 _NOTHING_TO_DO = "the label config has no <RectangleLabels> on an <Image>: groundloop has nothing to pre-annotate"
 
 
-def _label_studio_sync(settings: Settings, store: Store) -> Callable[[int, str], None]:
-    """``sync(project_id, version)``: set the Label Studio project's ``model_version`` unless it is already that."""
-    client = LabelStudioClient.from_settings(settings)
-
-    def sync(project_id: int, version: str) -> None:
-        if client.get_project(project_id).get("model_version") != version:
-            client.set_project_model_version(project_id, version)
-        store.set_project_model_version(project_id, version)
-
-    return sync
-
-
-def _prediction(result: list, score: float, model_version: str) -> dict:
-    return {"result": result, "score": score, "model_version": model_version}
-
-
 def _prompt_from_context(control: PromptControl | None, context: Any) -> str | None:
     """The text the annotator typed into the prompt TextArea, if this request carries it."""
     if control is None or not isinstance(context, dict) or not isinstance(context.get("result"), list):
@@ -293,20 +222,6 @@ def _prompt_from_context(control: PromptControl | None, context: Any) -> str | N
             prompt = " ".join(line.strip() for line in lines if isinstance(line, str) and line.strip())
             return prompt or None
     return None
-
-
-def _classes_for_prompt(prompt: str, labels: list[ClassSpec]) -> list[ClassSpec]:
-    """Prompt phrases -> classes. A phrase naming a label (or one of its aliases) is that label; any other phrase
-    is searched as typed and its boxes carry the phrase, for the annotator to relabel."""
-    by_phrase = {p.lower(): label for label in labels for p in (label.name, *label.aliases)}
-    classes: list[ClassSpec] = []
-    for phrase in (p.strip() for p in re.split(r"[,.;\n]", prompt)):
-        if not phrase:
-            continue
-        spec = by_phrase.get(phrase.lower(), ClassSpec(name=phrase))
-        if spec not in classes:
-            classes.append(spec)
-    return classes
 
 
 def _parse_config(xml: str) -> LabelSchema:

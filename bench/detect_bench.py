@@ -1,10 +1,17 @@
 """Throughput of ``Detector.detect`` and its overhead over the bare model forward.
 
 For each model (the full grounding-dino-tiny architecture with random weights, and the small test config),
-shortest edge and batch size: images/s of ``detect()``, and the ratio of its time to the model's forward
-on the very inputs ``detect`` builds (same run, the two timed alternately so that load from other processes
-hits both alike). Random weights cost what real ones do. Each figure is the best of ``--reps`` runs after
-one warm-up: on a shared machine the fastest run is the one least disturbed.
+shortest edge and batch size:
+
+- images/s of ``detect()``;
+- ``detect/forward``: its time over that of a bare ``model(...)`` call on the very tensors ``detect`` builds,
+  timed alternately in the same run. Each is the best of ``--reps`` rounds after one warm-up: on a shared
+  machine the fastest run is the least disturbed one;
+- ``in-call``: the median over rounds of one ``detect()`` call's time over the time its own model forward
+  took (measured by module hooks). Both come from the same seconds of the same call, so other processes'
+  load hits them alike: on a shared machine this is the steadier measure of the overhead.
+
+Random weights cost what real ones do.
 
     .venv/bin/python bench/detect_bench.py --output bench/results/detect.md
 """
@@ -15,6 +22,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,17 +40,20 @@ CLASSES = [ClassSpec(name) for name in ("person", "car", "traffic light", "dog",
 IMAGE_WH = (640, 480)
 
 
-def best_of(reps: int, *calls) -> list[float]:
-    """Run each call once as warm-up, then ``reps`` rounds of all calls in turn; the fastest time of each."""
-    for call in calls:
-        call()
-    best = [float("inf")] * len(calls)
-    for _ in range(reps):
-        for i, call in enumerate(calls):
-            started = time.perf_counter()
-            call()
-            best[i] = min(best[i], time.perf_counter() - started)
-    return best
+class ForwardTimer:
+    """Adds up the time spent in ``model.forward``, through module hooks."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.seconds = 0.0
+        self._started = 0.0
+        model.register_forward_pre_hook(self._start)
+        model.register_forward_hook(self._stop)
+
+    def _start(self, module, args):
+        self._started = time.perf_counter()
+
+    def _stop(self, module, args, output):
+        self.seconds += time.perf_counter() - self._started
 
 
 def bare_forward(detector: Detector, images: list[Image.Image], settings: DetectionSettings):
@@ -62,6 +73,28 @@ def bare_forward(detector: Detector, images: list[Image.Image], settings: Detect
             detector.model(**inputs)
 
     return forward
+
+
+def measure(detector: Detector, timer: ForwardTimer, images: list[Image.Image], settings: DetectionSettings,
+            reps: int) -> tuple[float, float, float]:
+    """Best detect() seconds, best bare-forward seconds, median in-call ratio; after one warm-up of each."""
+    def detect():
+        detector.detect(images, CLASSES, settings)
+
+    forward = bare_forward(detector, images, settings)
+    detect()
+    forward()
+    detect_times, forward_times, in_call_ratios = [], [], []
+    for _ in range(reps):
+        timer.seconds = 0.0
+        started = time.perf_counter()
+        detect()
+        detect_times.append(time.perf_counter() - started)
+        in_call_ratios.append(detect_times[-1] / timer.seconds)
+        started = time.perf_counter()
+        forward()
+        forward_times.append(time.perf_counter() - started)
+    return min(detect_times), min(forward_times), statistics.median(in_call_ratios)
 
 
 def machine() -> str:
@@ -94,29 +127,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             detector = Detector.load(builders[name](Path(workdir) / name), device="cpu")
+            timer = ForwardTimer(detector.model)
             reps = args.reps if name == "full" else args.small_reps
             for size in args.sizes:
-                settings = DetectionSettings(image_size=size)
                 for batch in args.batches:
-                    batch_images = images[:batch]
-                    detect_s, forward_s = best_of(
-                        reps,
-                        lambda: detector.detect(batch_images, CLASSES, settings),
-                        bare_forward(detector, batch_images, settings),
+                    detect_s, forward_s, in_call = measure(
+                        detector, timer, images[:batch], DetectionSettings(image_size=size), reps
                     )
                     row = (name, size, batch, batch / detect_s, detect_s / batch, forward_s / batch,
-                           detect_s / forward_s, os.getloadavg()[0])
+                           detect_s / forward_s, in_call, os.getloadavg()[0])
                     rows.append(row)
-                    print("%-5s %4d px  batch %d: %7.2f img/s  detect %.3f s/img  forward %.3f s/img  ratio %.3f"
-                          "  load %.1f" % row, flush=True)
+                    print("%-5s %4d px  batch %d: %7.2f img/s  detect %.3f s/img  forward %.3f s/img  "
+                          "ratio %.3f  in-call %.3f  load %.1f" % row, flush=True)
             del detector
 
     table = [
-        "| model | shortest edge | batch | detect() images/s | detect() s/image | forward s/image | detect/forward "
-        "| load after |",
-        "|---|---|---|---|---|---|---|---|",
-        *(f"| {m} | {s} | {b} | {ips:.2f} | {d:.3f} | {f:.3f} | {r:.3f} | {load:.1f} |"
-          for m, s, b, ips, d, f, r, load in rows),
+        "| model | shortest edge | batch | detect() images/s | detect() s/image | forward s/image "
+        "| detect/forward | in-call | load after |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {m} | {s} | {b} | {ips:.2f} | {d:.3f} | {f:.3f} | {r:.3f} | {c:.3f} | {load:.1f} |"
+          for m, s, b, ips, d, f, r, c, load in rows),
     ]
     report = "\n".join([
         "# detect() benchmark",
@@ -126,10 +156,12 @@ def main() -> None:
         f"- torch {torch.__version__}, transformers {transformers.__version__}",
         f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
         f"- images: {IMAGE_WH[0]}x{IMAGE_WH[1]} noise, {len(CLASSES)} classes (one prompt); random weights; "
-        f"best of {args.reps} (full) / {args.small_reps} (small) timed rounds after one warm-up; "
+        f"{args.reps} (full) / {args.small_reps} (small) timed rounds after one warm-up; "
         f"total run {time.perf_counter() - started:.0f} s",
         f"- the machine is shared with other engineers' test runs: 1-minute load average "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores)",
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; this run alone adds about 2)",
+        "- detect/forward: best detect() over best bare forward (separate calls); in-call: median of detect() "
+        "over the forward inside that same call (see the script's docstring)",
         "",
         *table,
         "",

@@ -1,99 +1,126 @@
-"""The backend under a Flask test client, with a stand-in detector and image fetcher and a real SQLite store."""
+"""The backend under a Flask test client with real parts: the transformers Grounding DINO code on the small
+offline model, a real SQLite store, and task images served over HTTP by a local server acting as Label
+Studio's media (``LABEL_STUDIO_URL``).
+
+The small model's weights are random: thresholds of 0 make it draw boxes, and tests assert only what holds for
+any weights (one answer per task in order, box counts, labels from the project's classes, boxes in the image).
+"""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import replace
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable, Iterator
 
-import numpy as np
 import pytest
-import supervision as sv
-from PIL import Image
+import requests
+from PIL import Image, ImageDraw
 
-from active_learning.images import FetchedImage, ImageError
+from active_learning.images import ImageFetcher
+from active_learning.registry import ModelPool, register, starting_model_version
 from active_learning.settings import Settings
 from active_learning.store import Store
 from backend.app import create_app
 from backend.predictor import Predictor
+from model import Detector
+from tests.labelstudio import free_port
 
 IMAGE_SIZE = (64, 48)
+TOKEN = "test-token"
+MAX_DETECTIONS = 3
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<RectangleLabels name="label" toName="image">'
+    '<Label value="cat"/><Label value="dog" predicted_values="puppy,hound"/>'
+    "</RectangleLabels></View>"
+)
 
 
-class FakeDetector:
-    """Finds one box of the first class per image (partly outside the image, to check the clipping)."""
+@dataclass
+class Media:
+    """Label Studio's media for the tests: any ``/data/upload/...`` path is a PNG, except names containing
+    ``broken`` (404); the test token is required, as Label Studio requires its key."""
 
-    source = "/models/fake-dino"
-    device = "cpu"
-    version_digest = "0123456789ab"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, list, object]] = []
-        self.fail = False
-
-    def detect(self, images, classes, settings):
-        self.calls.append((len(images), list(classes), settings))
-        if self.fail:
-            raise RuntimeError("boom")
-        return [self._one(image, classes) for image in images]
-
-    @staticmethod
-    def _one(image, classes) -> sv.Detections:
-        w, h = image.size
-        detections = sv.Detections(
-            xyxy=np.array([[w * 0.25, h * 0.5, w * 1.5, h * 0.75]]),
-            confidence=np.array([0.8]),
-            class_id=np.array([0]),
-            data={"class_name": np.array([classes[0].name])},
-        )
-        detections.metadata["uncertainty"] = 0.3
-        return detections
+    url: str
+    requests: list[str] = field(default_factory=list)
 
 
-class FakeFetcher:
-    """Serves a small image for every URL except those in ``broken``."""
+@pytest.fixture(scope="session")
+def media() -> Iterator[Media]:
+    buffer = io.BytesIO()
+    Image.new("RGB", IMAGE_SIZE, (200, 120, 40)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    served = Media(url="")
 
-    def __init__(self) -> None:
-        self.broken: set[str] = set()
-        self.fetched: list[str] = []
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
-    def fetch(self, url: str) -> FetchedImage:
-        self.fetched.append(url)
-        if url in self.broken:
-            raise ImageError(f"{url}: 404 Not Found")
-        image = Image.new("RGB", IMAGE_SIZE, "white")
-        return FetchedImage(url, hashlib.sha256(url.encode()).hexdigest(), image, *IMAGE_SIZE)
+        def do_GET(self):
+            served.requests.append(self.path)
+            found = self.path.startswith("/data/upload/") and "broken" not in self.path
+            if self.headers.get("Authorization") != f"Token {TOKEN}" or not found:
+                self.send_response(401 if found else 404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served.url = f"http://127.0.0.1:{server.server_port}"
+    yield served
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def detector(small_model_dir: Path) -> Detector:
+    """Loaded once: it is read-only and thread-safe."""
+    return Detector.load(small_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model_version(detector: Detector) -> str:
+    return starting_model_version(detector)
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, box_threshold=0.3)
+def settings(tmp_path: Path, small_model_dir: Path, media: Media) -> Settings:
+    return Settings(
+        data_dir=tmp_path, model=str(small_model_dir), device="cpu", image_size=128,
+        box_threshold=0.0, text_threshold=0.0, max_detections=MAX_DETECTIONS,
+        label_studio_url=media.url, label_studio_api_key=TOKEN,
+    )
 
 
 @pytest.fixture
-def store(settings: Settings) -> Store:
+def store(settings: Settings) -> Iterator[Store]:
     store = Store.from_settings(settings)
     yield store
     store.close()
 
 
 @pytest.fixture
-def detector() -> FakeDetector:
-    return FakeDetector()
+def make_client(settings, store, detector):
+    """``make_client(**settings_overrides)`` -> (Flask test client, predictor)."""
 
-
-@pytest.fixture
-def fetcher() -> FakeFetcher:
-    return FakeFetcher()
-
-
-@pytest.fixture
-def make_client(settings, store, detector, fetcher):
-    """``make_client(**settings_overrides, sync_model_version=None)`` -> (Flask test client, predictor)."""
-
-    def make(sync_model_version=None, **overrides):
+    def make(**overrides):
         s = replace(settings, **overrides)
-        predictor = Predictor(s, detector, store, fetcher, sync_model_version=sync_model_version)
+        predictor = Predictor(s, ModelPool(s, store, starting=detector), store, ImageFetcher(s))
         return create_app(s, predictor).test_client(), predictor
 
     return make
@@ -102,3 +129,89 @@ def make_client(settings, store, detector, fetcher):
 @pytest.fixture
 def client(make_client):
     return make_client()[0]
+
+
+def deploy_copy(settings: Settings, store: Store, model_dir: Path, project_id: int, name: str,
+                metrics: dict | None = None, parent: str | None = None) -> None:
+    """Deploy a copy of ``model_dir`` as version ``name`` of the project, as a promoted round does."""
+    checkpoint = settings.data_dir / "checkpoints" / name
+    shutil.copytree(model_dir, checkpoint)
+    register(store, settings, checkpoint, name, project_id=project_id, parent=parent, metrics=metrics or {},
+             deploy=True)
+
+
+def png_bytes(size: tuple[int, int], seed: int) -> bytes:
+    """A small PNG with a few coloured rectangles."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = rng.randrange(size[0] // 2), rng.randrange(size[1] // 2)
+        draw.rectangle([x, y, x + size[0] // 3, y + size[1] // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Server:
+    url: str
+    model_version: str
+    """The starting model's, as /health answers it."""
+    process: subprocess.Popen
+    log_path: Path
+
+
+@contextmanager
+def groundloop_serve(workdir: Path, *flags: str) -> Iterator[Server]:
+    """``groundloop serve`` (gunicorn, the real CLI) on a free port with data in ``workdir``; stopped by its pid."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "groundloop"), "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--data-dir", str(workdir), "--device", "cpu", *flags]
+    log_path = workdir / "groundloop.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_for(lambda: _health(url, process, log_path), timeout=180, what="groundloop serve")
+        yield Server(url, health["model_version"], process, log_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def _health(url: str, process: subprocess.Popen, log_path: Path) -> dict | None:
+    if process.poll() is not None:
+        raise AssertionError(f"groundloop serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+    try:
+        answer = requests.get(url + "/health", timeout=2)
+    except requests.RequestException:
+        return None
+    return answer.json() if answer.status_code == 200 else None
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def assert_prediction(prediction: dict, model_version: str, labels=("cat", "dog")) -> None:
+    """Label Studio's format, and what holds for any weights: a few boxes, inside the image, of our labels."""
+    assert prediction["model_version"] == model_version
+    assert 0.0 <= prediction["score"] <= 1.0
+    assert 0 < len(prediction["result"]) <= MAX_DETECTIONS, "thresholds of 0 must give boxes"
+    for region in prediction["result"]:
+        assert (region["from_name"], region["to_name"], region["type"]) == ("label", "image", "rectanglelabels")
+        assert (region["original_width"], region["original_height"]) == IMAGE_SIZE
+        assert 0.0 <= region["score"] <= 1.0
+        value = region["value"]
+        assert value["rectanglelabels"][0] in labels
+        assert 0 <= value["x"] and value["x"] + value["width"] <= 100 + 1e-6
+        assert 0 <= value["y"] and value["y"] + value["height"] <= 100 + 1e-6

@@ -1,18 +1,14 @@
-"""The routes with the requests a real Label Studio 1.23.2 sent (tests/conftest.py ``ls_request``)."""
+"""The routes with the requests a real Label Studio 1.23.2 sent (tests/conftest.py ``ls_request``), answered by
+the real detector on the small model, with images from a local media server (see conftest.py)."""
 
 from __future__ import annotations
 
 import base64
-import time
-from dataclasses import replace
 
 import pytest
 
-from model import ClassSpec
+from .conftest import IMAGE_SIZE, assert_prediction, deploy_copy
 
-from .conftest import IMAGE_SIZE
-
-MODEL_VERSION = "fake-dino-0123456789ab"
 PROMPT_CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<TextArea name="prompt" toName="image" editable="true" showSubmitButton="true"/>'
@@ -25,65 +21,35 @@ NO_RECTANGLES = (
 )
 
 
-def test_health_names_the_model(client):
+def test_health_names_the_starting_model(client, model_version):
     for path in ("/", "/health"):
         answer = client.get(path)
         assert answer.status_code == 200
-        assert answer.json == {"status": "UP", "model_class": "Predictor", "model_version": MODEL_VERSION}
+        assert answer.json == {"status": "UP", "model_class": "Predictor", "model_version": model_version}
 
 
-def test_setup_answers_the_model_version_and_records_the_project(client, store, ls_request):
+def test_setup_answers_the_model_version_and_records_the_project(client, store, ls_request, model_version):
     answer = client.post("/setup", json=ls_request("setup"))
     assert answer.status_code == 200
-    assert answer.json == {"model_version": MODEL_VERSION}
+    assert answer.json == {"model_version": model_version}
     assert "<Label value=\"cat\"/>" in store.get_project(1).label_config
 
 
-def test_setup_and_predict_keep_the_label_studio_project_in_step(make_client, ls_request, monkeypatch):
-    monkeypatch.setattr("backend.predictor.SYNC_RETRY_DELAYS", (0.0, 0.0, 0.0))
-    calls = []
-
-    def sync(project, version):
-        calls.append((project, version))
-        if len(calls) == 1:  # what Label Studio answers while no prediction carries the version yet
-            raise RuntimeError("Model version doesn't exist either as live model or as static predictions.")
-
-    client, predictor = make_client(sync_model_version=sync)
-    assert client.post("/setup", json=ls_request("setup")).status_code == 200
-    predictor._background.submit(lambda: None).result()  # wait for the background work
-    assert calls == [(1, MODEL_VERSION)] * 2
-
-    client.post("/predict", json=ls_request("predict_retrieve_predictions"))
-    predictor._background.submit(lambda: None).result()
-    assert calls == [(1, MODEL_VERSION)] * 3
-
-
-def test_retrieve_predictions_one_per_task_in_order(client, store, ls_request, detector):
+def test_retrieve_predictions_one_per_task_in_order(client, store, ls_request, model_version, media):
     body = ls_request("predict_retrieve_predictions")
     answer = client.post("/predict", json=body)
     assert answer.status_code == 200
     results = answer.json["results"]
     assert len(results) == len(body["tasks"]) == 3
-    width, height = IMAGE_SIZE
     for task, prediction in zip(body["tasks"], results):
-        assert prediction["model_version"] == MODEL_VERSION
-        assert prediction["score"] == pytest.approx(0.3)
-        (region,) = prediction["result"]
-        assert (region["from_name"], region["to_name"], region["type"]) == ("label", "image", "rectanglelabels")
-        assert (region["original_width"], region["original_height"]) == (width, height)
-        assert region["score"] == pytest.approx(0.8)
-        value = region["value"]
-        assert value["rectanglelabels"] == ["cat"]
-        # the fake box runs past the right edge: clipped to the image
-        boxes = {k: value[k] for k in ("x", "y", "width", "height")}
-        assert boxes == pytest.approx({"x": 25.0, "y": 50.0, "width": 75.0, "height": 25.0})
-        assert [p.result for p in store.served_predictions(task["id"], MODEL_VERSION)] == [prediction["result"]]
-    assert detector.calls[0][1] == [ClassSpec("cat"), ClassSpec("dog")]
+        assert_prediction(prediction, model_version)
+        assert [p.result for p in store.served_predictions(task["id"], model_version)] == [prediction["result"]]
+    assert {t["data"]["image"] for t in body["tasks"]} <= set(media.requests)
 
 
-def test_a_bad_image_does_not_sink_the_batch_and_is_not_stored(client, store, fetcher, ls_request):
+def test_a_bad_image_does_not_sink_the_batch_and_is_not_stored(client, store, ls_request):
     body = ls_request("predict_retrieve_predictions")
-    fetcher.broken.add(body["tasks"][1]["data"]["image"])
+    body["tasks"][1]["data"]["image"] = "/data/upload/1/broken.png"  # the media server answers 404
     body["tasks"].append({"id": 4, "data": {"other": "x"}})  # no image at all
     results = client.post("/predict", json=body).json["results"]
     assert len(results) == 4
@@ -93,87 +59,121 @@ def test_a_bad_image_does_not_sink_the_batch_and_is_not_stored(client, store, fe
     assert client.get("/metrics").json["failures"] == 2
 
 
-def test_a_detector_error_costs_only_that_task(client, detector, ls_request):
-    detector.fail = True
+def test_a_detector_error_costs_only_that_task(client, detector, ls_request, monkeypatch, model_version):
+    real_detect, calls = detector.detect, []
+
+    def fails_on_the_second_image(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected fault")
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect", fails_on_the_second_image)
     answer = client.post("/predict", json=ls_request("predict_retrieve_predictions"))
     assert answer.status_code == 200
-    assert answer.json["results"] == [[], [], []]
+    first, second, third = answer.json["results"]
+    assert second == []
+    assert_prediction(first, model_version)
+    assert_prediction(third, model_version)
 
 
-def test_predictions_made_before_come_from_the_store(client, detector, fetcher, ls_request):
+def test_predictions_made_before_come_from_the_store(client, ls_request, media):
     body = ls_request("predict_retrieve_predictions")
     first = client.post("/predict", json=body).json
-    fetched = len(fetcher.fetched)
+    fetched = len(media.requests)
     second = client.post("/predict", json=body).json
     assert second == first
-    assert len(detector.calls) == 3 and len(fetcher.fetched) == fetched
-    assert client.get("/metrics").json["cache_hits"] == 3
+    assert len(media.requests) == fetched
+    metrics = client.get("/metrics").json
+    assert (metrics["predictions"], metrics["cache_hits"]) == (3, 3)
 
 
-def test_other_thresholds_are_not_answered_from_the_cache(make_client, detector, ls_request):
+def test_other_thresholds_are_not_answered_from_the_cache(make_client, ls_request):
     body = ls_request("predict_retrieve_predictions")
     make_client()[0].post("/predict", json=body)
-    make_client(box_threshold=0.5)[0].post("/predict", json=body)
-    assert len(detector.calls) == 6
+    other, _ = make_client(box_threshold=0.5)
+    other.post("/predict", json=body)
+    metrics = other.get("/metrics").json
+    assert (metrics["predictions"], metrics["cache_hits"]) == (3, 0)
 
 
-def test_over_budget_tasks_get_no_prediction_but_cached_ones_are_answered(make_client, store, ls_request):
+def test_tasks_over_the_budget_are_finished_in_the_background(make_client, store, ls_request, model_version):
     body = ls_request("predict_retrieve_predictions")
-    first_task_only = {**body, "tasks": body["tasks"][:1]}
-    make_client()[0].post("/predict", json=first_task_only)
-    client, _ = make_client(predict_budget_seconds=0.0)
+    make_client()[0].post("/predict", json={**body, "tasks": body["tasks"][:1]})
+    client, predictor = make_client(predict_budget_seconds=0.0)  # every task not in the store is over budget
+
     results = client.post("/predict", json=body).json["results"]
-    assert results[0]["model_version"] == MODEL_VERSION
-    assert results[1:] == [[], []]
-    assert store.served_predictions(2) == [] and store.served_predictions(3) == []
-    assert client.get("/metrics").json["skipped_over_budget"] == 2
+    assert_prediction(results[0], model_version)
+    assert results[1:] == [[], []]  # answered at once; Label Studio stores nothing for these
+
+    predictor.backfill.wait()
+    assert len(store.served_predictions(2, model_version)) == len(store.served_predictions(3, model_version)) == 1
+    again = client.post("/predict", json=body).json["results"]  # the next "Retrieve predictions"
+    for prediction in again:
+        assert_prediction(prediction, model_version)
+    metrics = client.get("/metrics").json
+    assert metrics["skipped_over_budget"] == 2 and metrics["predicted_in_background"] == 2
+    assert metrics["cache_hits"] == 1 + 3
 
 
-def test_model_score_threshold_of_the_control_wins(client, detector, ls_request):
+def test_model_score_threshold_of_the_control_wins(client, ls_request):
     body = ls_request("predict_retrieve_predictions")
     body["label_config"] = body["label_config"].replace(
         '<RectangleLabels name="label"', '<RectangleLabels name="label" model_score_threshold="0.6"'
     )
-    client.post("/predict", json=body)
-    assert detector.calls[0][2].box_threshold == 0.6
+    for prediction in client.post("/predict", json=body).json["results"]:
+        assert all(region["score"] >= 0.6 for region in prediction["result"])
 
 
-def test_config_without_rectangles_is_explained_and_predicts_nothing(client, detector, ls_request):
+def test_config_without_rectangles_is_explained_and_predicts_nothing(client, ls_request, model_version, media):
     setup = ls_request("setup")
     setup["schema"] = NO_RECTANGLES
     answer = client.post("/setup", json=setup)
     assert answer.status_code == 200
-    assert answer.json["model_version"] == MODEL_VERSION
+    assert answer.json["model_version"] == model_version
     assert "no <RectangleLabels>" in answer.json["warning"]
     body = ls_request("predict_retrieve_predictions")
     body["label_config"] = NO_RECTANGLES
+    fetched = len(media.requests)
     answer = client.post("/predict", json=body)
     assert answer.status_code == 200 and answer.json == {"results": [[], [], []]}
-    assert detector.calls == []
+    assert len(media.requests) == fetched
 
 
-def test_interactive_prompt_is_detected_and_remembered(client, store, detector, ls_request):
+def test_interactive_prompt_is_detected_and_remembered(client, store, ls_request, model_version):
     body = ls_request("predict_interactive")
     body["label_config"] = PROMPT_CONFIG
     typed = {"from_name": "prompt", "to_name": "image", "type": "textarea", "value": {"text": ["puppy, red car"]}}
     body["params"]["context"] = {"result": [typed]}
     prediction = client.post("/predict", json=body).json["results"][0]
-    # "puppy" is an alias of the label "dog"; "red car" names no label and is searched as typed
-    assert detector.calls[-1][1] == [ClassSpec("dog", ("puppy",)), ClassSpec("red car")]
-    assert prediction["result"][0]["value"]["rectanglelabels"] == ["dog"]
+    # "puppy" is an alias of the label "dog"; "red car" names no label and is searched as typed; "cat" is not asked
+    assert_prediction(prediction, model_version, labels=("dog", "red car"))
     assert store.project_prompt(1) == "puppy, red car"
 
     later = ls_request("predict_retrieve_predictions")
     later["label_config"] = PROMPT_CONFIG
-    client.post("/predict", json=later)
-    assert detector.calls[-1][1] == [ClassSpec("dog", ("puppy",)), ClassSpec("red car")]
+    for prediction in client.post("/predict", json=later).json["results"]:
+        assert_prediction(prediction, model_version, labels=("dog", "red car"))
 
 
-def test_interactive_box_context_predicts_with_the_config_classes(client, detector, ls_request):
+def test_interactive_box_context_predicts_with_the_config_classes(client, ls_request, model_version):
     answer = client.post("/predict", json=ls_request("predict_interactive"))
     assert answer.status_code == 200
-    assert len(answer.json["results"]) == 1
-    assert detector.calls[0][1] == [ClassSpec("cat"), ClassSpec("dog")]
+    (prediction,) = answer.json["results"]
+    assert_prediction(prediction, model_version)
+
+
+def test_a_deployed_version_serves_its_project_from_the_next_request(client, settings, store, ls_request,
+                                                                     small_model_dir, model_version):
+    body = ls_request("predict_retrieve_predictions")
+    assert client.post("/predict", json=body).json["results"][0]["model_version"] == model_version
+
+    deploy_copy(settings, store, small_model_dir, project_id=1, name="groundloop-p1-r1")
+    assert client.post("/setup", json=ls_request("setup")).json["model_version"] == "groundloop-p1-r1"
+    for prediction in client.post("/predict", json=body).json["results"]:
+        assert_prediction(prediction, "groundloop-p1-r1")
+    other_project = {**body, "project": "2.1795301709"}
+    assert client.post("/predict", json=other_project).json["results"][0]["model_version"] == model_version
 
 
 @pytest.mark.parametrize(
@@ -207,10 +207,14 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert client.get("/predict").status_code == 405 and "error" in client.get("/predict").json
 
 
-def test_webhooks_reach_the_store(client, store, ls_request):
+def test_webhooks_reach_the_store_and_labeled_images_are_cached(make_client, store, ls_request):
+    client, predictor = make_client()
     created = client.post("/webhook", json=ls_request("webhook_annotation_created"))
     assert created.status_code == 200 and created.json["status"] == "ok"
     assert store.get_annotation(1).boxes[0]["label"] == "dog"
+    predictor._image_caching.submit(lambda: None).result()  # the caching queued before this is done
+    task = store.get_task(1)
+    assert (task.width, task.height) == IMAGE_SIZE and predictor.images.path_for(task.image_sha256).exists()
 
     assert client.post("/webhook", json=ls_request("webhook_annotation_updated")).status_code == 200
     assert store.get_annotation(1).boxes[0]["label"] == "cat"
@@ -233,7 +237,7 @@ def test_basic_auth_guards_every_route(make_client, ls_request):
     good = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
     bad = {"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}
     requests = [
-        ("GET", "/", None), ("GET", "/health", None), ("GET", "/metrics", None),
+        ("GET", "/", None), ("GET", "/health", None), ("GET", "/metrics", None), ("GET", "/status", None),
         ("POST", "/setup", ls_request("setup")),
         ("POST", "/predict", ls_request("predict_retrieve_predictions")),
         ("POST", "/webhook", ls_request("webhook_start_training")),
@@ -256,23 +260,32 @@ def test_metrics_count_requests_and_latency(client, ls_request):
     assert metrics["latency"]["/predict"]["max_seconds"] >= metrics["latency"]["/predict"]["mean_seconds"] > 0
 
 
-def test_a_real_small_model_answers_in_label_studio_format(small_model_dir, settings, store, fetcher, ls_request):
-    from backend.app import create_app
-    from backend.predictor import Predictor
-    from model import Detector
+def test_status_shows_versions_runs_and_corrections(client, store, settings, ls_request, model_version,
+                                                    small_model_dir):
+    served = client.post("/predict", json=ls_request("predict_retrieve_predictions")).json["results"][0]
+    webhook = ls_request("webhook_annotation_created")  # task 1 annotated, starting from our prediction
+    webhook["project"]["model_version"] = model_version
+    webhook["annotation"].update(created_at="2030-01-01T00:00:00Z", updated_at="2030-01-01T00:00:00Z")
+    assert client.post("/webhook", json=webhook).status_code == 200
+    run_id = store.request_training(1, "test")
+    store.claim_training_run("test", project_id=1)
+    store.update_training_run(run_id, train_size=8, val_size=2, epoch={"epoch": 1, "train_loss": 1.5, "map": 0.2})
+    metrics = {"val": {"map": 0.2}, "baseline": {"map": 0.1}, "best_epoch": 1}
+    deploy_copy(settings, store, small_model_dir, 1, "groundloop-p1-r1", metrics, parent=model_version)
+    store.finish_training_run(run_id, "succeeded", model_version="groundloop-p1-r1")
 
-    detector = Detector.load(small_model_dir, device="cpu")
-    predictor = Predictor(replace(settings, box_threshold=0.0, max_detections=5), detector, store, fetcher)
-    client = create_app(predictor.settings, predictor).test_client()
-    started = time.monotonic()
-    results = client.post("/predict", json=ls_request("predict_retrieve_predictions")).json["results"]
-    assert time.monotonic() - started < 60
-    assert predictor.model_version == f"{small_model_dir.name}-{detector.version_digest}"
-    for prediction in results:
-        assert 0.0 <= prediction["score"] <= 1.0
-        assert 0 < len(prediction["result"]) <= 5
-        for region in prediction["result"]:
-            value = region["value"]
-            assert value["rectanglelabels"][0] in ("cat", "dog")
-            assert 0 <= value["x"] and value["x"] + value["width"] <= 100 + 1e-6
-            assert 0 <= value["y"] and value["y"] + value["height"] <= 100 + 1e-6
+    (project,) = client.get("/status").json["projects"]
+    assert project["project"] == 1
+    assert project["deployed_version"] == project["serving_version"] == "groundloop-p1-r1"
+    (run,) = project["training_runs"]
+    assert (run["id"], run["trigger"], run["status"], run["train_size"], run["val_size"]) == (
+        run_id, "test", "succeeded", 8, 2)
+    assert run["epochs"] == [{"epoch": 1, "train_loss": 1.5, "map": 0.2}]
+    assert (run["best_epoch"], run["baseline"], run["error"]) == (1, {"map": 0.1}, None)
+    assert run["started_at"] <= run["finished_at"]
+    (version,) = project["model_versions"]
+    assert (version["name"], version["status"], version["parent"], version["metrics"]) == (
+        "groundloop-p1-r1", "deployed", model_version, metrics)
+    corrections = project["corrections"][model_version]
+    assert corrections["annotations"] == 1
+    assert (corrections["predicted"], corrections["final"]) == (len(served["result"]), 1)

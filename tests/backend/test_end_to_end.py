@@ -1,66 +1,41 @@
 """End to end: a real Label Studio 1.23.2 and the real server (``groundloop serve``, gunicorn) with the small model.
 
 Walks what a user does: create a project, upload images, connect the backend, "Retrieve predictions",
-annotate (create, update, delete), "Start training", then label with uncertainty sampling; and
-``groundloop sync`` pulling a project into the store.
+annotate (create, update, delete), "Start training" (the worker ``serve`` started runs the round), then label
+with uncertainty sampling; ``groundloop sync`` pulling a project into the store; stopping the server.
 The small model has random weights: thresholds of 0 make sure it still draws boxes (at most 3 per image).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
-import requests
-from PIL import Image, ImageDraw
 
 from active_learning.store import Store
-from tests.labelstudio import free_port
+from .conftest import CONFIG, Server, groundloop_serve, png_bytes, wait_for
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
-CONFIG = (
-    '<View><Image name="image" value="$image"/>'
-    '<RectangleLabels name="label" toName="image">'
-    '<Label value="cat"/><Label value="dog" predicted_values="puppy,hound"/>'
-    "</RectangleLabels></View>"
-)
 IMAGE_SIZES = [(64, 48), (80, 60), (50, 70)]
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory, small_model_dir, label_studio):
-    """``groundloop serve`` on a free port, talking to the test Label Studio; stopped by its pid at the end."""
+    """``groundloop serve`` (with its training worker) talking to the test Label Studio."""
     workdir = tmp_path_factory.mktemp("backend")
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "groundloop"), "serve",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "4",
-        "--model", str(small_model_dir), "--device", "cpu", "--data-dir", str(workdir),
-        "--box-threshold", "0.0", "--text-threshold", "0.0", "--max-detections", "3",
-        "--label-studio-url", label_studio.url, "--label-studio-api-key", label_studio.api_key,
-    ]
-    log_path = workdir / "groundloop.log"
-    with open(log_path, "wb") as log:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        health = _wait_for(lambda: _health(url, process, log_path), timeout=180, what="groundloop serve")
+    flags = ["--workers", "1", "--threads", "4", "--model", str(small_model_dir),
+             "--box-threshold", "0.0", "--text-threshold", "0.0", "--max-detections", "3",
+             "--label-studio-url", label_studio.url, "--label-studio-api-key", label_studio.api_key]
+    with groundloop_serve(workdir, *flags) as server:
         store = Store(f"sqlite:///{(workdir / 'groundloop.db').resolve()}")
-        yield _Backend(url, health["model_version"], store, workdir)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        yield _Backend(server.url, server.model_version, store, workdir, server)
 
 
 @dataclass
@@ -69,45 +44,14 @@ class _Backend:
     model_version: str
     store: Store
     data_dir: Path
-
-
-def _health(url: str, process: subprocess.Popen, log_path: Path) -> dict | None:
-    if process.poll() is not None:
-        raise AssertionError(f"groundloop serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-    try:
-        answer = requests.get(url + "/health", timeout=2)
-    except requests.RequestException:
-        return None
-    return answer.json() if answer.status_code == 200 else None
-
-
-def _wait_for(check: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
-
-
-def _png(size: tuple[int, int], seed: int) -> bytes:
-    rng = random.Random(seed)
-    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(3):
-        x, y = rng.randrange(size[0] // 2), rng.randrange(size[1] // 2)
-        draw.rectangle([x, y, x + size[0] // 3, y + size[1] // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    server: Server
 
 
 def test_label_studio_round_trip(label_studio, backend):
     ls = label_studio
     project = ls.api("POST", "/api/projects", json={"title": "e2e", "label_config": CONFIG}).json()
     pid = project["id"]
-    files = {f"file{i}": (f"img{i}.png", _png(size, i), "image/png") for i, size in enumerate(IMAGE_SIZES)}
+    files = {f"file{i}": (f"img{i}.png", png_bytes(size, i), "image/png") for i, size in enumerate(IMAGE_SIZES)}
     ls.api("POST", f"/api/projects/{pid}/import", files=files)
     tasks = ls.api("GET", f"/api/tasks?project={pid}&fields=all").json()["tasks"]
     assert len(tasks) == len(IMAGE_SIZES)
@@ -138,8 +82,8 @@ def test_label_studio_round_trip(label_studio, backend):
     assert all(len(rows) == 1 for rows in served.values())
 
     # the backend points the project at its model version (after /setup, in the background)
-    _wait_for(lambda: ls.api("GET", f"/api/projects/{pid}").json()["model_version"] == backend.model_version,
-              timeout=20, what="project model_version in step")
+    wait_for(lambda: ls.api("GET", f"/api/projects/{pid}").json()["model_version"] == backend.model_version,
+             timeout=20, what="project model_version in step")
 
     # annotate: the webhooks reach the store
     first = tasks[0]["id"]
@@ -149,21 +93,26 @@ def test_label_studio_round_trip(label_studio, backend):
         "value": {"x": 10, "y": 10, "width": 50, "height": 40, "rotation": 0, "rectanglelabels": ["dog"]},
     }
     annotation = ls.api("POST", f"/api/tasks/{first}/annotations", json={"result": [region]}).json()
-    stored = _wait_for(lambda: backend.store.get_annotation(annotation["id"]), timeout=20, what="ANNOTATION_CREATED")
+    stored = wait_for(lambda: backend.store.get_annotation(annotation["id"]), timeout=20, what="ANNOTATION_CREATED")
     assert stored.boxes[0]["label"] == "dog"
+    # its image is cached in the background (from Label Studio, with its key): training needs no Label Studio
+    wait_for(lambda: backend.store.get_task(first).image_sha256, timeout=20, what="image of the annotated task cached")
 
     region["value"]["rectanglelabels"] = ["cat"]
     ls.api("PATCH", f"/api/annotations/{annotation['id']}", json={"result": [region]})
-    _wait_for(lambda: backend.store.get_annotation(annotation["id"]).boxes[0]["label"] == "cat",
-              timeout=20, what="ANNOTATION_UPDATED")
+    wait_for(lambda: backend.store.get_annotation(annotation["id"]).boxes[0]["label"] == "cat",
+             timeout=20, what="ANNOTATION_UPDATED")
 
     ls.api("DELETE", f"/api/annotations/{annotation['id']}")
-    _wait_for(lambda: backend.store.get_annotation(annotation["id"]).deleted, timeout=20, what="ANNOTATIONS_DELETED")
+    wait_for(lambda: backend.store.get_annotation(annotation["id"]).deleted, timeout=20, what="ANNOTATIONS_DELETED")
 
-    # "Start training" queues a run
+    # "Start training" queues a round; the worker beside the server runs it: nothing is labeled now, so it fails
     ls.api("POST", f"/api/ml/{ml['id']}/train", json={})
-    _wait_for(lambda: [r for r in backend.store.training_runs(pid) if r.status == "queued"], timeout=20,
-              what="START_TRAINING")
+    (run,) = wait_for(lambda: backend.store.training_runs(pid), timeout=20, what="START_TRAINING")
+    assert run.trigger == "webhook"
+    run = wait_for(lambda: backend.store.get_training_run(run.id).status == "failed"
+                   and backend.store.get_training_run(run.id), timeout=60, what="the worker ran the round")
+    assert "0 training and 0 validation images" in run.error
 
     # uncertainty sampling serves the task the model is least sure about (lowest score) first
     ls.api("PATCH", f"/api/projects/{pid}", json={"sampling": "Uncertainty sampling"})
@@ -174,7 +123,7 @@ def test_label_studio_round_trip(label_studio, backend):
 
 def test_sync_command_pulls_a_project(label_studio, backend):
     project = label_studio.api("POST", "/api/projects", json={"title": "sync", "label_config": CONFIG}).json()
-    files = {"a": ("a.png", _png((40, 30), 7), "image/png"), "b": ("b.png", _png((30, 40), 8), "image/png")}
+    files = {"a": ("a.png", png_bytes((40, 30), 7), "image/png"), "b": ("b.png", png_bytes((30, 40), 8), "image/png")}
     label_studio.api("POST", f"/api/projects/{project['id']}/import", files=files)
     done = subprocess.run(
         [str(Path(sys.executable).parent / "groundloop"), "sync", "--project", str(project["id"]),
@@ -185,3 +134,14 @@ def test_sync_command_pulls_a_project(label_studio, backend):
     assert done.returncode == 0, done.stderr
     assert "tasks=2" in done.stdout
     assert len(backend.store.task_ids(project["id"])) == 2
+
+
+def test_stopping_the_server_stops_its_worker(backend):
+    """Last in this module: it stops the server."""
+    log = backend.server.log_path.read_text()
+    worker_pid = int(re.search(r"training worker \S+:(\d+):\d+ started", log).group(1))
+    os.kill(worker_pid, 0)  # running
+    backend.server.process.send_signal(signal.SIGTERM)
+    backend.server.process.wait(timeout=60)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)

@@ -65,3 +65,9 @@ def test_a_phrase_longer_than_the_limit_is_truncated_with_a_warning(tokenizer, c
     assert [p.phrase_classes for p in prompts] == [(0,), (1,)]
     assert len(prompts[1].input_ids) == 32
     assert prompts[1].phrases == (" ".join(["red"] * 29),)
+
+
+def test_special_token_names_do_not_become_delimiters(tokenizer):
+    classes = [ClassSpec("[SEP]"), ClassSpec("[CLS]", aliases=("what?",)), ClassSpec("[PAD]")]
+    (prompt,) = build_prompts(classes, tokenizer, 256)
+    assert len(phrase_token_masks(prompt.input_ids, 256)) == len(prompt.phrases) == 4

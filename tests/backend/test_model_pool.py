@@ -1,0 +1,27 @@
+"""The model pool: each project gets the version deployed for it, each source is loaded once, and only the
+most recently used few stay in memory."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from active_learning.registry import ModelPool
+
+from .conftest import deploy_copy
+
+
+def test_each_project_gets_its_version_and_the_least_recently_used_model_goes(settings, store, detector,
+                                                                             small_model_dir, model_version):
+    settings = replace(settings, loaded_models=2)
+    pool = ModelPool(settings, store, starting=detector)
+    deploy_copy(settings, store, small_model_dir, 1, "groundloop-p1-r1")
+    deploy_copy(settings, store, small_model_dir, 2, "groundloop-p2-r1")
+
+    one = pool.model_for(1)
+    assert one.version == pool.version_for(1) == "groundloop-p1-r1"
+    assert pool.model_for(1) is one  # loaded once
+    assert pool.model_for(3).detector is detector and pool.version_for(3) == model_version  # nothing deployed
+
+    assert pool.model_for(2).version == "groundloop-p2-r1"  # three models wanted, two kept: project 1's goes
+    assert pool.model_for(1) is not one
+    assert pool.version_for(None) == model_version  # known without reloading the starting model

@@ -1,0 +1,237 @@
+"""Pascal VOC and CSV in, COCO and VOC out, on real files: what lands in the store, what is skipped and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+
+from active_learning.dataset import build_dataset
+from active_learning.images import ImageCache
+from active_learning.interchange import (
+    InterchangeError,
+    export_project,
+    import_csv,
+    import_voc,
+    imported_id,
+    parse_classes,
+)
+from backend.cli import main
+from tests.interchange.conftest import voc_xml, write_png
+
+CLASSES = parse_classes("with_mask,without_mask(bare face)")
+SIZE = (64, 48)
+
+
+@pytest.fixture
+def voc_dir(tmp_path: Path) -> Path:
+    """The face-mask dataset's layout, ``annotations/`` beside ``images/``, with one bad thing of each kind."""
+    root = tmp_path / "voc"
+    for i, name in enumerate(["good", "empty", "unknown_only", "broken"]):
+        write_png(root / "images" / f"{name}.png", SIZE, seed=i)
+    files = {
+        "good": voc_xml("good.png", SIZE, [
+            ("with_mask", (11, 11, 30, 20)),       # 1-based: pixels 10..30 -> [10, 10, 30, 20]
+            ("without_mask", (41, 5, 65, 49)),     # 1 px past the right and bottom edges: clipped
+            ("zebra", (1, 1, 5, 5)),               # unknown class
+            ("with_mask", (100, 100, 140, 140)),   # outside the 64x48 image
+        ]),
+        "empty": voc_xml("empty.png", SIZE, []),   # says outright: nothing here
+        "unknown_only": voc_xml("unknown_only.png", SIZE, [("zebra", (1, 1, 5, 5))]),
+        "missing": voc_xml("missing.png", SIZE, [("with_mask", (1, 1, 5, 5))]),
+        "broken": "<annotation><object><name>with_mask</name>",
+    }
+    for name, text in files.items():
+        (root / "annotations" / f"{name}.xml").parent.mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{name}.xml").write_text(text)
+    return root
+
+
+def _reasons(report) -> dict[str, str]:
+    return {skip.where: skip.reason for skip in report.skipped}
+
+
+def test_voc_import_stores_tasks_and_reports_every_skip(store, cache, voc_dir):
+    report = import_voc(store, cache, 7, voc_dir, classes=CLASSES)
+
+    assert (report.new, report.updated, report.unchanged) == (2, 0, 0)
+    assert (report.boxes, report.clipped) == (2, 1)
+    assert _reasons(report) == {
+        "annotations/good.xml object 3": "unknown class",
+        "annotations/good.xml object 4": "box outside the image",
+        "annotations/unknown_only.xml object 1": "unknown class",
+        "annotations/missing.xml": "missing image file",
+        "annotations/broken.xml": "unreadable XML",
+    }
+    assert "5 skipped: 2 unknown class, 1 " in report.summary()
+
+    tasks = {Path(t.data["imported_from"]).name: t for t in map(store.get_task, store.task_ids(7))}
+    assert set(tasks) == {"good.png", "empty.png"}
+    good = tasks["good.png"]
+    assert good.id < 0 and good.id == imported_id(7, good.image_url)
+    assert good.image_url.startswith("import://") and (good.width, good.height) == SIZE
+    boxes = {b["label"]: b["box"] for b in store.get_annotation(good.id).boxes}
+    assert boxes["with_mask"] == pytest.approx([10, 10, 30, 20], abs=0.01)
+    assert boxes["without_mask"] == pytest.approx([40, 4, 64, 48], abs=0.01)
+    assert store.get_annotation(tasks["empty.png"].id).boxes == []
+    assert store.get_project(7).classes[1] == {"name": "without_mask", "aliases": ["bare face"], "control": "label"}
+
+
+def test_reimport_is_idempotent_and_picks_up_changed_labels(store, cache, voc_dir):
+    import_voc(store, cache, 7, voc_dir, classes=CLASSES)
+    ids = store.task_ids(7)
+
+    again = import_voc(store, cache, 7, voc_dir)  # the project knows its classes now
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 2)
+    assert store.task_ids(7) == ids
+    assert len(store.annotations(7)) == 2
+
+    (voc_dir / "annotations" / "empty.xml").write_text(voc_xml("empty.png", SIZE, [("with_mask", (1, 1, 9, 9))]))
+    changed = import_voc(store, cache, 7, voc_dir)
+    assert (changed.new, changed.updated, changed.unchanged) == (0, 1, 1)
+    assert store.task_ids(7) == ids
+
+
+def test_voc_beside_its_images_and_duplicates(store, cache, tmp_path):
+    """The other common layout: XML files next to their images (found by the XML's name when <filename> is wrong)."""
+    flat = tmp_path / "flat"
+    write_png(flat / "a.png", SIZE, seed=1)
+    (flat / "copy.png").write_bytes((flat / "a.png").read_bytes())
+    (flat / "a.xml").write_text(voc_xml("renamed-since.jpg", SIZE, [("with_mask", (1, 1, 10, 10))]))
+    (flat / "copy.xml").write_text(voc_xml("copy.png", SIZE, [("with_mask", (1, 1, 10, 10))]))
+
+    report = import_voc(store, cache, 7, flat, classes=CLASSES)
+
+    assert report.new == 1
+    assert _reasons(report) == {"copy.xml": "duplicate image"}
+    assert "same content as a.xml" in report.summary()
+
+
+def test_classes_are_the_projects(store, cache, voc_dir):
+    with pytest.raises(InterchangeError, match="no classes in the store"):
+        import_voc(store, cache, 8, voc_dir)
+    import_voc(store, cache, 8, voc_dir, classes=CLASSES)
+    with pytest.raises(InterchangeError, match="already has the classes with_mask, without_mask"):
+        import_voc(store, cache, 8, voc_dir, classes=parse_classes("cat,dog"))
+
+
+def test_csv_import(store, cache, tmp_path):
+    images = tmp_path / "pics"
+    write_png(images / "a.png", SIZE, seed=10)
+    write_png(images / "b.png", SIZE, seed=11)
+    csv_file = tmp_path / "boxes.csv"
+    csv_file.write_text(
+        "label_name,bbox_x1,bbox_y1,bbox_x2,bbox_y2,image_name,image_width,image_height\n"
+        "with_mask,1,2,20,30,a.png,64,48\n"                 # line 2: good
+        "without_mask,30,10,60,40,a.png,64,48\n"            # line 3: good
+        "with_mask,x,2,20,30,a.png,64,48\n"                 # line 4: not a number
+        "cat,1,2,20,30,a.png,64,48\n"                       # line 5: unknown class
+        "with_mask,20,2,10,30,a.png,64,48\n"                # line 6: x2 < x1
+        "with_mask,1,2,20,30,b.png,128,96\n"                # line 7: b.png is 64x48, not 128x96
+        "with_mask,1,2,20,30,gone.png,64,48\n"              # line 8: no such file
+    )
+    report = import_csv(store, cache, 9, csv_file, images, classes=CLASSES)
+
+    assert (report.new, report.boxes) == (1, 2)
+    assert _reasons(report) == {
+        "boxes.csv:4": "bad row",
+        "boxes.csv:5": "unknown class",
+        "boxes.csv:6": "empty box",
+        "boxes.csv:7": "size mismatch",
+        "boxes.csv:8": "missing image file",
+    }
+    [task] = store.labeled_tasks(9)
+    assert sorted((b["label"], b["box"]) for b in task.boxes) == [
+        ("with_mask", pytest.approx([1, 2, 20, 30], abs=0.01)),
+        ("without_mask", pytest.approx([30, 10, 60, 40], abs=0.01)),
+    ]
+
+
+def test_csv_without_the_columns_is_refused(store, cache, tmp_path):
+    (tmp_path / "bad.csv").write_text("label,x1\ncat,1\n")
+    with pytest.raises(InterchangeError, match="missing column"):
+        import_csv(store, cache, 9, tmp_path / "bad.csv", tmp_path, classes=CLASSES)
+
+
+def test_imported_data_is_a_training_dataset(store, settings, voc_dir):
+    import_voc(store, ImageCache(settings), 7, voc_dir, classes=CLASSES)
+
+    # A fresh cache, whose fetcher refuses import:// URLs: the images must come from disk.
+    dataset = build_dataset(store, ImageCache(settings), 7, val_fraction=0.5, val_min=1)
+
+    assert dataset.skipped == []
+    assert [c.name for c in dataset.classes] == ["with_mask", "without_mask"]
+    examples = dataset.train + dataset.validation
+    assert len(examples) == 2 and len(dataset.validation) >= 1
+    by_count = sorted(examples, key=lambda e: len(e.targets))
+    assert len(by_count[0].targets) == 0
+    assert by_count[1].image.size == SIZE
+    assert by_count[1].targets.class_id.tolist() == [0, 1]
+    np.testing.assert_allclose(by_count[1].targets.xyxy, [[10, 10, 30, 20], [40, 4, 64, 48]], atol=0.01)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc"])
+def test_export_round_trips(store, cache, voc_dir, tmp_path, fmt):
+    import_voc(store, cache, 7, voc_dir, classes=CLASSES)
+    out = tmp_path / "export"
+
+    report = export_project(store, cache, 7, out, fmt)
+
+    assert (report.images, report.boxes, report.skipped) == (2, 2, [])
+    if fmt == "coco":
+        read = sv.DetectionDataset.from_coco(str(out / "images"), str(out / "annotations.json"))
+        assert {c["name"] for c in json.loads((out / "annotations.json").read_text())["categories"]} == \
+            {"with_mask", "without_mask"}
+    else:
+        read = sv.DetectionDataset.from_pascal_voc(str(out / "images"), str(out / "annotations"))
+    boxes = {Path(path).name: detections for path, detections in read.annotations.items()}
+    assert set(boxes) == {"good.png", "empty.png"}
+    assert len(boxes["empty.png"]) == 0
+    good = boxes["good.png"]
+    assert [read.classes[i] for i in good.class_id] == ["with_mask", "without_mask"]
+    np.testing.assert_allclose(good.xyxy, [[10, 10, 30, 20], [40, 4, 64, 48]], atol=0.01)
+    assert (out / "images" / "good.png").read_bytes() == (voc_dir / "images" / "good.png").read_bytes()
+
+
+def test_export_names_label_studio_images_by_their_file(store, cache, tmp_path):
+    """A task that came from Label Studio keeps its upload's file name; its image is read from the cache."""
+    from active_learning.events import parse_annotation, parse_task
+
+    image = write_png(tmp_path / "x.png", SIZE, seed=5)
+    url = "/data/upload/3/8d2f1c0a-street.png"
+    cache.put(url, image.read_bytes())
+    store.upsert_project(3, "".join(["<View><Image name='image' value='$image'/>",
+                                     "<RectangleLabels name='label' toName='image'><Label value='car'/>",
+                                     "</RectangleLabels></View>"]))
+    task = parse_task({"id": 12, "project": 3, "data": {"image": url}}, 3)
+    result = [{"type": "rectanglelabels", "from_name": "label", "to_name": "image", "original_width": 64,
+               "original_height": 48, "value": {"x": 25, "y": 50, "width": 50, "height": 25,
+                                                "rectanglelabels": ["car"]}}]
+    annotation = parse_annotation({"id": 40, "task": 12, "project": 3, "result": result,
+                                   "updated_at": "2026-11-21T10:00:00Z"}, 3)
+    store.save_annotation(None, task, annotation)
+
+    export_project(store, cache, 3, tmp_path / "out", "voc")
+
+    read = sv.DetectionDataset.from_pascal_voc(str(tmp_path / "out" / "images"), str(tmp_path / "out" / "annotations"))
+    [(path, detections)] = read.annotations.items()
+    assert Path(path).name == "8d2f1c0a-street.png"
+    np.testing.assert_allclose(detections.xyxy, [[16, 24, 48, 36]])
+
+
+def test_cli_import_and_export(tmp_path, voc_dir, capsys):
+    data = ["--data-dir", str(tmp_path / "cli-data")]
+    assert main(["import", "--project", "3", "--voc", str(voc_dir), "--classes", "with_mask,without_mask", *data]) == 0
+    out = capsys.readouterr().out
+    assert "2 images imported (2 new, 0 updated, 0 unchanged)" in out
+    assert "annotations/broken.xml: unreadable XML" in out
+
+    assert main(["import", "--project", "4", "--voc", str(voc_dir), *data]) == 1
+    assert "--classes" in capsys.readouterr().err
+
+    assert main(["export", "--project", "3", "--format", "coco", "--out", str(tmp_path / "out"), *data]) == 0
+    assert "2 images, 2 boxes exported" in capsys.readouterr().out
+    assert (tmp_path / "out" / "annotations.json").is_file()
