@@ -201,8 +201,9 @@ def sync_project(store: "Store", client: LabelStudioClient, project_id: int) -> 
                 continue
             store.save_annotation(project, task, annotation)
 
-    gone_annotations = [a.id for a in store.annotations(project_id) if a.id not in seen_annotations]
-    gone_tasks = [task_id for task_id in store.task_ids(project_id) if task_id not in seen_tasks]
+    # Imported labels (negative ids, see interchange.py) never were in Label Studio: they are not "gone".
+    gone_annotations = [a.id for a in store.annotations(project_id) if a.id > 0 and a.id not in seen_annotations]
+    gone_tasks = [task_id for task_id in store.task_ids(project_id) if task_id > 0 and task_id not in seen_tasks]
     store.mark_annotations_deleted(gone_annotations)
     store.mark_tasks_deleted(gone_tasks)
     return SyncResult(project_id, len(seen_tasks), len(seen_annotations), len(gone_tasks), len(gone_annotations),

@@ -12,6 +12,7 @@ import requests
 from PIL import Image
 
 from active_learning.images import ImageCache, ImageFetcher, cache_labeled_images
+from active_learning.interchange import import_csv
 from active_learning.labelstudio import LabelStudioAuth, LabelStudioClient, LabelStudioError, sync_project
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -69,6 +70,15 @@ def test_sync_recovers_everything_missed_while_down(label_studio, project: dict,
     sync_project(store, client, pid)
     assert _store_view(store, pid) == _ls_view(label_studio, pid)
 
+    # Seed labels imported from a CSV live only in the store: no sync may take them for deleted.
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "seed.png").write_bytes(_png("white"))
+    (tmp_path / "seed.csv").write_text("label_name,bbox_x1,bbox_y1,bbox_x2,bbox_y2,image_name,image_width,image_height\n"
+                                       "cat,5,5,30,30,seed.png,64,48\n")
+    seed_settings = Settings(data_dir=tmp_path)
+    import_csv(store, ImageCache(seed_settings), pid, tmp_path / "seed.csv", tmp_path / "seed")
+    (imported,) = [a.id for a in store.annotations(pid) if a.id < 0]
+
     # The backend is down: an update, a new annotation, a skip and a deletion happen meanwhile.
     label_studio.api("PATCH", f"/api/annotations/{first['id']}", json={"result": _box("dog", 40)})
     label_studio.api("POST", f"/api/tasks/{t2}/annotations", json={"result": _box("cat", 50)})
@@ -77,11 +87,12 @@ def test_sync_recovers_everything_missed_while_down(label_studio, project: dict,
 
     result = sync_project(store, client, pid)
 
-    assert _store_view(store, pid) == _ls_view(label_studio, pid)
+    assert {k: v for k, v in _store_view(store, pid).items() if k != imported} == _ls_view(label_studio, pid)
     assert (result.tasks, result.annotations, result.annotations_deleted) == (3, 3, 1)
+    assert not store.get_annotation(imported).deleted
     assert store.get_annotation(doomed["id"]).deleted
     assert store.get_annotation(first["id"]).boxes[0]["box"] == [25.6, 4.8, 41.6, 28.8]
-    assert sorted(t.task_id for t in store.labeled_tasks(pid)) == [t1, t2]  # the skip is not a label
+    assert sorted(t.task_id for t in store.labeled_tasks(pid)) == sorted([imported, t1, t2])  # a skip is no label
     assert store.get_project(pid).classes[0]["name"] == "cat"
 
     # Images of labeled tasks are cached, so training does not need Label Studio.
