@@ -28,9 +28,6 @@ from model.training import EVAL_SETTINGS, EpochResult, TrainingConfig, evaluate,
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0
-
-
 @dataclass
 class RoundOutcome:
     run_id: int
@@ -58,8 +55,8 @@ def eval_settings(settings: Settings) -> DetectionSettings:
 class _LeaseKeeper:
     """Renews the run's lease in a thread while training runs; a lost lease stops nothing but is logged."""
 
-    def __init__(self, store: Store, run_id: int, owner: str):
-        self.store, self.run_id, self.owner = store, run_id, owner
+    def __init__(self, store: Store, run_id: int, owner: str, lease_seconds: float):
+        self.store, self.run_id, self.owner, self.lease_seconds = store, run_id, owner, lease_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{run_id}", daemon=True)
 
@@ -72,8 +69,8 @@ class _LeaseKeeper:
         self._thread.join()
 
     def _renew(self) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 3):
-            if not self.store.renew_lease(self.run_id, self.owner, LEASE_SECONDS):
+        while not self._stop.wait(self.lease_seconds / 3):
+            if not self.store.renew_lease(self.run_id, self.owner, self.lease_seconds):
                 log.error("run %d: lease lost to another worker", self.run_id)
 
 
@@ -90,7 +87,7 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
     staging = settings.models_dir / ".staging" / f"run-{run_id}"
     started = time.monotonic()
     try:
-        with _LeaseKeeper(store, run_id, owner):
+        with _LeaseKeeper(store, run_id, owner, settings.lease_seconds):
             if prepare is not None:
                 prepare(project_id)
             cache = ImageCache(settings)

@@ -62,6 +62,13 @@ class Settings:
     basic_auth_pass: str = ""
     predict_budget_seconds: float = 80.0
     """Wall-clock budget for one /predict call (Label Studio gives up after 100 s)."""
+    max_pending_predicts: int = 4
+    """/predict calls a server process works on at once; one more is answered 503 with Retry-After at once
+    instead of waiting behind them. Below ``threads``, it keeps threads free for webhooks and /health."""
+    max_request_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted; a larger one is answered 413."""
+    webhook_secret: str = ""
+    """When set, /webhook accepts only requests carrying it in the X-Groundloop-Webhook-Secret header."""
     log_level: str = "INFO"
 
     # --- training loop -------------------------------------------------------------------------------
@@ -78,6 +85,8 @@ class Settings:
     freeze_backbone: bool = True
     freeze_text_encoder: bool = True
     seed: int = 0
+    lease_seconds: float = 120.0
+    """A training run's lease, renewed every third of it; a run whose worker died is failed once it expires."""
 
     # --- derived -------------------------------------------------------------------------------------
     @property

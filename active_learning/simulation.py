@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+import transformers
 
 from active_learning.corrections import BoxChanges, compare_boxes
 from active_learning.events import AnnotationRecord, ProjectRecord, TaskRecord, boxes_from_result, rectangle_results
@@ -54,8 +57,9 @@ class RoundRow:
     corrections: int
     """Boxes the annotator moved, relabeled, deleted or added."""
     round_status: str
-    candidate_val_map: float
-    baseline_val_map: float
+    """The training round's decision; "start" for round 0, the starting model before any labeling."""
+    candidate_val_map: float | None
+    baseline_val_map: float | None
     deployed_version: str
     heldout_map: float
     """The deployed model's mAP@[.5:.95] on the fixed held-out set after this round."""
@@ -127,18 +131,32 @@ class SimulatedProject:
 
 def run_demo(work_dir: Path, rounds: int = 3, images_per_round: int = 40, heldout_images: int = 40,
              seed: int = 0, report: Callable[[RoundRow], None] | None = None, **overrides) -> list[RoundRow]:
-    """``rounds`` labeling rounds of ``images_per_round`` new images each, a training round after each."""
+    """``rounds`` labeling rounds of ``images_per_round`` new images each, a training round after each.
+
+    Row 0 is the starting model on the held-out set, before any labeling: the point every round is measured
+    against. ``overrides`` replace ``demo_settings`` fields (``model`` replaces the offline small model).
+    """
     work_dir = Path(work_dir)
-    starting_model = work_dir / "starting-model"
-    if not (starting_model / "config.json").exists():
-        build_small_model(starting_model, seed=seed)
-    settings = demo_settings(work_dir, model=str(starting_model),
-                             train_min_new_annotations=images_per_round, **overrides)
+    if "model" not in overrides:
+        starting_model = work_dir / "starting-model"
+        if not (starting_model / "config.json").exists():
+            build_small_model(starting_model, seed=seed)
+        overrides["model"] = str(starting_model)
+    settings = demo_settings(work_dir, **{"train_min_new_annotations": images_per_round, **overrides})
     project = SimulatedProject(settings)
     pool = make_shapes_dataset(rounds * images_per_round, seed=seed + 1)
     heldout = [TrainingExample(s.image, s.targets) for s in make_shapes_dataset(heldout_images, seed=seed + 2)]
     eval_at = DetectionSettings(box_threshold=0.01, text_threshold=0.0, image_size=settings.image_size)
-    rows = []
+    started = time.monotonic()
+    detector, starting_version = project.serving()
+    rows = [RoundRow(
+        round=0, served_version="-", images=0, boxes_predicted=0, boxes_true=0, accepted_unchanged=0,
+        corrections=0, round_status="start", candidate_val_map=None, baseline_val_map=None,
+        deployed_version=starting_version, heldout_map=evaluate(detector, heldout, SHAPE_CLASSES, eval_at).map,
+        seconds=time.monotonic() - started,
+    )]
+    if report:
+        report(rows[0])
     for number in range(1, rounds + 1):
         started = time.monotonic()
         _, served_version = project.serving()
@@ -174,10 +192,35 @@ def format_table(rows: list[RoundRow]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for row in rows:
         values = asdict(row)
-        cells = [f"{values[c]:.3f}" if isinstance(values[c], float) and c != "seconds" else
-                 f"{values[c]:.0f}" if c == "seconds" else str(values[c]) for c in TABLE_COLUMNS]
+        cells = [f"{values[c]:.0f}" if c == "seconds" else f"{values[c]:.3f}" if isinstance(values[c], float)
+                 else "-" if values[c] is None else str(values[c]) for c in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def results_markdown(rows: list[RoundRow], title: str, command: str, seconds: float, plot: str) -> str:
+    """The table with what it takes to reproduce and judge it: machine, date, versions, command, total time."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return "\n".join([
+        f"# {title}",
+        "",
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; total {seconds:.0f} s",
+        f"- machine: {cpu}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
+        f"- command: `{command}`",
+        "- each round: the deployed model pre-labels the next images, the simulated annotator corrects them to the "
+        "truth (corrections = boxes moved, relabeled, deleted or added; IoU 0.5 pairing, 'accepted unchanged' at "
+        "IoU >= 0.9 with the right label), the worker's schedule fires a training round on all labels so far, the "
+        "candidate is promoted if its validation mAP beats the deployed model's; `heldout_map` is the deployed "
+        "model's mAP@[.5:.95] on fixed images never labeled in the loop (round 0: the starting model)",
+        "",
+        format_table(rows),
+        "",
+        f"![rounds]({plot})",
+        "",
+    ])
 
 
 def plot_rows(rows: list[RoundRow], path: Path) -> Path:
@@ -190,8 +233,9 @@ def plot_rows(rows: list[RoundRow], path: Path) -> Path:
     rounds = [r.round for r in rows]
     fig, left = plt.subplots(figsize=(6, 3.6), dpi=100)
     left.plot(rounds, [r.heldout_map for r in rows], marker="o", color="tab:blue", label="held-out mAP (deployed)")
-    left.plot(rounds, [r.candidate_val_map for r in rows], marker=".", linestyle=":", color="tab:cyan",
-              label="round's best val mAP")
+    trained = [r for r in rows if r.candidate_val_map is not None]
+    left.plot([r.round for r in trained], [r.candidate_val_map for r in trained], marker=".", linestyle=":",
+              color="tab:cyan", label="round's best val mAP")
     left.set_xlabel("labeling round")
     left.set_ylabel("mAP@[.5:.95]")
     left.set_xticks(rounds)

@@ -22,7 +22,7 @@ from typing import Callable
 from active_learning.labelstudio import LabelStudioClient, sync_project
 from active_learning.predictions import publish_to_label_studio
 from active_learning.registry import LoadedModel, serving_model
-from active_learning.rounds import LEASE_SECONDS, RoundOutcome, run_round
+from active_learning.rounds import RoundOutcome, run_round
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.tables import utcnow
@@ -79,7 +79,7 @@ class Worker:
         """Schedule, then claim and run at most one round (publishing a promoted version); None when there is
         nothing to do. ``after_epoch`` reports progress."""
         self.schedule_due_rounds()
-        run = self.store.claim_training_run(self.owner, LEASE_SECONDS, project_id=project_id)
+        run = self.store.claim_training_run(self.owner, self.settings.lease_seconds, project_id=project_id)
         if run is None:
             return None
         log.info("run %d: training project %d (trigger: %s)", run.id, run.project_id, run.trigger)

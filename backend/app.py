@@ -1,12 +1,14 @@
 """The HTTP face of the backend: the routes Label Studio calls, kept thin; the work is in ``Predictor``.
 
 Every answer is JSON, errors included: a malformed request gets 400 and a one-line message, never a traceback.
+The one exception: ``GET /status`` answers a browser (``Accept: text/html``) with an HTML page of the same data.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 
 from flask import Flask, Response, g, jsonify, request
@@ -14,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from active_learning.settings import Settings
 from backend.predictor import Predictor, RequestError
+from backend.status_page import render_status_page
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
     predictor = predictor or Predictor.from_settings(settings)
     app = Flask(__name__)
     app.config["predictor"] = predictor
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # larger bodies: 413, never read into memory
+    predict_slots = threading.BoundedSemaphore(max(1, settings.max_pending_predicts))
 
     @app.before_request
     def _start() -> Response | None:
@@ -48,10 +53,19 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
 
     @app.post("/predict")
     def predict():
-        return jsonify(predictor.predict(_json_object()))
+        if not predict_slots.acquire(blocking=False):  # a queue would only grow; the caller retries
+            predictor.metrics.count("busy_refusals")
+            return _error(f"busy: {settings.max_pending_predicts} predictions already running, retry later", 503,
+                          {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
+        try:
+            return jsonify(predictor.predict(_json_object()))
+        finally:
+            predict_slots.release()
 
     @app.post("/webhook")
     def webhook():
+        if settings.webhook_secret and not _has_webhook_secret(settings):
+            return _error(f"webhook refused: missing or wrong {WEBHOOK_SECRET_HEADER} header", 401)
         return jsonify(predictor.webhook(_json_object()))
 
     @app.get("/metrics")
@@ -60,6 +74,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
 
     @app.get("/status")
     def status():
+        if _wants_html():
+            return render_status_page(predictor.status(), settings)
         return jsonify(predictor.status())
 
     @app.errorhandler(RequestError)
@@ -80,11 +96,23 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
     return app
 
 
+BUSY_RETRY_AFTER_SECONDS = 5
+WEBHOOK_SECRET_HEADER = "X-Groundloop-Webhook-Secret"
+"""Set it in Label Studio's webhook ``headers`` (``PATCH /api/webhooks/{id}``) when ``webhook_secret`` is set."""
+
+
 def _json_object() -> dict:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
     return body
+
+
+def _wants_html() -> bool:
+    """``?format=html|json`` decides; else HTML only if the client prefers it to JSON (browsers; not curl's */*)."""
+    if request.args.get("format") in ("html", "json"):
+        return request.args["format"] == "html"
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
 def _authorized(settings: Settings) -> bool:
@@ -95,6 +123,11 @@ def _authorized(settings: Settings) -> bool:
     user_ok = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
     pass_ok = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
     return user_ok and pass_ok
+
+
+def _has_webhook_secret(settings: Settings) -> bool:
+    sent = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+    return hmac.compare_digest(sent.encode(), settings.webhook_secret.encode())
 
 
 def _error(message: str, status: int, headers: dict | None = None) -> Response:

@@ -1,0 +1,115 @@
+"""The status page in a real headless Chromium, served by the real server (``groundloop serve``).
+
+The project behind it is built with real parts: the simulated annotator labels images pre-annotated by the small
+model (so correction statistics exist for two versions), and three training rounds are recorded through the store
+and the registry as the worker records them: one promoted, one rejected, one failed with an error that carries
+HTML, as user-supplied text can.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from active_learning.events import ProjectRecord
+from active_learning.registry import register
+from active_learning.simulation import LABEL_CONFIG, PROJECT, SimulatedProject, demo_settings
+from model.synthetic import make_shapes_dataset
+
+from .conftest import groundloop_serve
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TITLE = "Shapes <script>alert('title')</script> & co"
+ERROR = "RuntimeError: <b>out of memory</b> & more"
+USER, PASSWORD = "ann", "s3cret"
+
+
+def _epochs(maps: list[float]) -> list[dict]:
+    return [{"epoch": i, "train_loss": 1.0 / i, "seconds": 1.0, "map": m, "map50": 2 * m,
+             "per_class_ap": {"circle": m, "square": m / 2}} for i, m in enumerate(maps, 1)]
+
+
+def _round(project: SimulatedProject, model_dir: Path, name: str | None, maps: list[float], baseline: float,
+           status: str, error: str | None = None) -> None:
+    """Record a finished training round as rounds.py does: epochs, sizes, the candidate's version, the decision."""
+    store, settings = project.store, project.settings
+    run_id = store.request_training(PROJECT, "auto")
+    assert store.claim_training_run("test", project_id=PROJECT).id == run_id
+    store.update_training_run(run_id, train_size=9, val_size=3)
+    for epoch in _epochs(maps):
+        store.update_training_run(run_id, epoch=epoch)
+    if name:
+        best = max(range(len(maps)), key=maps.__getitem__)
+        checkpoint = settings.data_dir / "checkpoints" / name
+        shutil.copytree(model_dir, checkpoint)
+        metrics = {"val": _epochs(maps)[best], "baseline": {"map": baseline, "map50": 0.0, "per_class_ap": {}},
+                   "best_epoch": best + 1, "train_size": 9, "val_size": 3}
+        register(store, settings, checkpoint, name, project_id=PROJECT, parent=project.serving()[1],
+                 metrics=metrics, deploy=status == "succeeded")
+    store.finish_training_run(run_id, status, model_version=name, error=error)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, small_model_dir: Path) -> Path:
+    project = SimulatedProject(demo_settings(tmp_path, model=str(small_model_dir), device="cpu",
+                                             box_threshold=0.0, text_threshold=0.0, max_detections=3))
+    project.store.save_project(ProjectRecord(PROJECT, LABEL_CONFIG, TITLE, None))
+    images = make_shapes_dataset(6, seed=5)
+    for sample in images[:3]:
+        project.label(sample)
+    _round(project, small_model_dir, "groundloop-p1-r1", [0.02, 0.05, 0.04], baseline=0.01, status="succeeded")
+    _round(project, small_model_dir, "groundloop-p1-r2", [0.03, 0.04], baseline=0.05, status="rejected")
+    _round(project, small_model_dir, None, [], baseline=0.05, status="failed", error=ERROR)
+    for sample in images[3:]:
+        project.label(sample)
+    project.store.close()
+    return tmp_path / "data"
+
+
+def _chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,1600", *mode, url],
+        capture_output=True, text=True, timeout=120, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (scripts/test.sh installs Debian's as root)")
+def test_a_browser_sees_versions_rounds_and_corrections_and_api_clients_get_json(
+        data_dir: Path, small_model_dir: Path, tmp_path: Path):
+    flags = ["--no-worker", "--workers", "1", "--model", str(small_model_dir), "--basic-auth-user", USER,
+             "--basic-auth-pass", PASSWORD]
+    with groundloop_serve(data_dir, *flags) as server:
+        status_url = server.url + "/status"
+        as_browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+        assert requests.get(status_url, headers=as_browser, timeout=10).status_code == 401
+        assert requests.get(status_url, auth=(USER, PASSWORD), timeout=10).json()["projects"][0]["project"] == PROJECT
+        json_asked = requests.get(status_url + "?format=json", headers=as_browser, auth=(USER, PASSWORD), timeout=10)
+        assert json_asked.headers["Content-Type"].startswith("application/json")
+
+        browser_url = status_url.replace("http://", f"http://{USER}:{PASSWORD}@")
+        dom = _chromium(browser_url, tmp_path, "--dump-dom").stdout
+        screenshot = tmp_path / "status_page.png"
+        _chromium(browser_url, tmp_path, f"--screenshot={screenshot}")
+
+    assert f"Project {PROJECT}" in dom and "groundloop-p1-r1" in dom
+    assert "Shapes &lt;script&gt;alert('title')&lt;/script&gt; &amp; co" in dom  # shown as text, never run
+    assert "<script" not in dom and "<b>out of memory" not in dom
+    assert "RuntimeError: &lt;b&gt;out of memory&lt;/b&gt; &amp; more" in dom
+    for decision in ("promoted", "rejected", "failed"):
+        assert f'class="badge {decision}">{decision}</span>' in dom
+    assert "mAP <strong>0.050</strong>" in dom and "vs deployed 0.010" in dom  # round 1: best epoch 2 vs baseline
+    assert "mAP <strong>0.040</strong>" in dom and "vs deployed 0.050" in dom  # round 2: not better, rejected
+    assert dom.count("<polyline") == 2  # one mAP curve per round that trained an epoch
+    assert "6 tasks, 6 annotations" in dom
+    starting = server.model_version
+    corrections = dom.split("Corrections by annotators")[1]
+    assert f"<code>{starting}</code></td><td class=\"num\">3</td>" in corrections
+    assert '<code>groundloop-p1-r1</code></td><td class="num">3</td>' in corrections
+    assert screenshot.stat().st_size > 20_000  # bench/status_page.png is one of these
