@@ -15,11 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -35,6 +33,7 @@ from backend.app import create_app
 from backend.predictor import Predictor
 from model import Detector
 from tests.labelstudio import free_port
+from tests.media import media_server
 
 IMAGE_SIZE = (64, 48)
 TOKEN = "test-token"
@@ -63,28 +62,12 @@ def media() -> Iterator[Media]:
     png = buffer.getvalue()
     served = Media(url="")
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def lookup(path: str) -> bytes | None:
+        return png if path.startswith("/data/upload/") and "broken" not in path else None
 
-        def do_GET(self):
-            served.requests.append(self.path)
-            found = self.path.startswith("/data/upload/") and "broken" not in self.path
-            if self.headers.get("Authorization") != f"Token {TOKEN}" or not found:
-                self.send_response(401 if found else 404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    served.url = f"http://127.0.0.1:{server.server_port}"
-    yield served
-    server.shutdown()
+    with media_server(lookup, TOKEN, seen=served.requests) as url:
+        served.url = url
+        yield served
 
 
 @pytest.fixture(scope="session")
@@ -163,8 +146,9 @@ class Server:
 
 
 @contextmanager
-def groundloop_serve(workdir: Path, *flags: str) -> Iterator[Server]:
-    """``groundloop serve`` (gunicorn, the real CLI) on a free port with data in ``workdir``; stopped by its pid."""
+def groundloop_serve(workdir: Path, *flags: str, auth: tuple[str, str] | None = None) -> Iterator[Server]:
+    """``groundloop serve`` (gunicorn, the real CLI) on a free port with data in ``workdir``; stopped by its pid.
+    ``auth``: the basic auth credentials the flags set, for the readiness check."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "groundloop"), "serve", "--host", "127.0.0.1", "--port", str(port),
                "--data-dir", str(workdir), "--device", "cpu", *flags]
@@ -174,7 +158,7 @@ def groundloop_serve(workdir: Path, *flags: str) -> Iterator[Server]:
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        health = wait_for(lambda: _health(url, process, log_path), timeout=180, what="groundloop serve")
+        health = wait_for(lambda: _health(url, process, log_path, auth), timeout=180, what="groundloop serve")
         yield Server(url, health["model_version"], process, log_path)
     finally:
         if process.poll() is None:
@@ -182,11 +166,11 @@ def groundloop_serve(workdir: Path, *flags: str) -> Iterator[Server]:
             process.wait(timeout=60)
 
 
-def _health(url: str, process: subprocess.Popen, log_path: Path) -> dict | None:
+def _health(url: str, process: subprocess.Popen, log_path: Path, auth: tuple[str, str] | None) -> dict | None:
     if process.poll() is not None:
         raise AssertionError(f"groundloop serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
     try:
-        answer = requests.get(url + "/health", timeout=2)
+        answer = requests.get(url + "/health", auth=auth, timeout=2)
     except requests.RequestException:
         return None
     return answer.json() if answer.status_code == 200 else None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -15,6 +13,7 @@ import pytest
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model.synthetic import SHAPE_CLASSES, make_shapes_dataset
+from tests.media import media_server
 
 PROJECT = 7
 LABEL_CONFIG = (
@@ -38,26 +37,8 @@ def media_url(shapes) -> Iterator[str]:
         sample.image.save(buffer, format="PNG")
         pngs[f"/data/upload/{PROJECT}/{i}.png"] = buffer.getvalue()
 
-    class Media(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            body = pngs.get(self.path)
-            if self.headers.get("Authorization") != "Token test-token" or body is None:
-                self.send_response(401 if body else 404)
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Media)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with media_server(pngs.get, "test-token") as url:
+        yield url
 
 
 @pytest.fixture
