@@ -5,8 +5,11 @@ rename once complete, and a ``model_versions`` row. A project without a deployed
 starting model (``Settings.model``: a hub id or a directory). Deploying a version retires the one before;
 ``rollback`` deploys any earlier version again.
 
-Server processes hold their detectors in a ``ModelPool``, which asks the store on every request which version
-serves the project: a version the worker deploys serves the next request, without a restart.
+A checkpoint is registered only if it loads, and its weights digest is recorded (``metrics["weights_digest"]``);
+loading a version whose weights no longer match it fails. Server processes hold their detectors in a
+``ModelPool``, which asks the store on every request which version serves the project: a version the worker
+deploys serves the next request, without a restart. A deployed version that fails to load is logged and the
+project is served by the version it was trained from (or the starting model) instead of failing requests.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class ServingModel:
     source: str
     version: str | None
     """The registry name, or None for the starting model (its version then comes from its weights)."""
+    weights_digest: str | None = None
+    """What ``Detector.version_digest`` was when the version was registered; None for the starting model."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint's weights do not load, or are not the weights that were registered."""
 
 
 def starting_model_version(detector: Detector) -> str:
@@ -44,7 +53,7 @@ def starting_model_version(detector: Detector) -> str:
 def serving_model(store: Store, settings: Settings, project_id: int | None) -> ServingModel:
     deployed = store.deployed_model(project_id) if project_id is not None else None
     if deployed is not None:
-        return ServingModel(deployed.path, deployed.name)
+        return ServingModel(deployed.path, deployed.name, (deployed.metrics or {}).get("weights_digest"))
     return ServingModel(settings.model, None)
 
 
@@ -58,6 +67,9 @@ class LoadedModel:
     @classmethod
     def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
         detector = Detector.load(serving.source, device=device)
+        if serving.weights_digest and detector.version_digest != serving.weights_digest:
+            raise CheckpointError(f"weights of {serving.version} changed on disk since they were registered "
+                                  f"(digest {detector.version_digest}, registered {serving.weights_digest})")
         return cls(detector, serving.version or starting_model_version(detector))
 
 
@@ -78,12 +90,13 @@ class ModelPool:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one load at a time: two new versions' weights at once could exhaust memory
         self._starting_version: str | None = None
+        self._replacements: dict[str, ServingModel] = {}  # a source that failed to load -> what serves instead
         if starting is not None:
             self._keep(settings.model, LoadedModel(starting, starting_model_version(starting)))
 
     def model_for(self, project_id: int | None) -> LoadedModel:
         """The model serving ``project_id`` now, loaded if needed (``None``: the starting model)."""
-        serving = serving_model(self.store, self.settings, project_id)
+        serving = self._serving(project_id)
         with self._lock:
             if serving.source in self._models:
                 self._models.move_to_end(serving.source)
@@ -94,14 +107,39 @@ class ModelPool:
                     return self._models[serving.source]
             log.info("loading %s (model_version %s) for project %s", serving.source,
                      serving.version or "from its weights", project_id)
-            return self._keep(serving.source, LoadedModel.load(serving, self.settings.device))
+            try:
+                return self._keep(serving.source, LoadedModel.load(serving, self.settings.device))
+            except Exception as exc:  # noqa: BLE001 - a broken version must not fail its project's requests
+                if serving.version is None:
+                    raise  # the starting model: nothing to fall back to
+                instead = self._previous(serving)
+                log.error("model version %s cannot be loaded (%s); project %s is served by %s instead until "
+                          "another version is deployed", serving.version, str(exc).splitlines()[0][:300],
+                          project_id, instead.version or self.settings.model)
+                self._replacements[serving.source] = instead
+        return self.model_for(project_id)  # each failure adds a replacement, ending at the starting model
 
     def version_for(self, project_id: int | None) -> str:
         """The ``model_version`` the project's next prediction carries; loads nothing but the starting model."""
-        version = serving_model(self.store, self.settings, project_id).version
+        version = self._serving(project_id).version
         if version is not None:
             return version
         return self._starting_version or self.model_for(None).version
+
+    def _serving(self, project_id: int | None) -> ServingModel:
+        """What serves the project: the store's answer, unless that failed to load here before."""
+        serving = serving_model(self.store, self.settings, project_id)
+        while serving.source in self._replacements:
+            serving = self._replacements[serving.source]
+        return serving
+
+    def _previous(self, broken: ServingModel) -> ServingModel:
+        """The registry version ``broken`` was trained from, else the starting model."""
+        version = self.store.get_model_version(broken.version)
+        parent = self.store.get_model_version(version.parent) if version and version.parent else None
+        if parent is None:
+            return ServingModel(self.settings.model, None)
+        return ServingModel(parent.path, parent.name, (parent.metrics or {}).get("weights_digest"))
 
     def _keep(self, source: str, model: LoadedModel) -> LoadedModel:
         with self._lock:
@@ -121,11 +159,17 @@ def checkpoint_name(project_id: int, run_id: int) -> str:
 
 def register(store: Store, settings: Settings, checkpoint: Path, name: str, *, project_id: int,
              parent: str | None, metrics: dict, deploy: bool) -> Path:
-    """Move a finished checkpoint into the registry, then record it (deployed or rejected).
+    """Check that a finished checkpoint loads, move it into the registry, then record it (deployed or rejected).
 
-    The directory move comes first and is one rename: a crash before the row is written leaves an unused
-    directory, never a row pointing at missing or half-written weights.
+    A checkpoint that does not load raises ``CheckpointError`` and is never recorded. The directory move comes
+    before the row and is one rename: a crash before the row is written leaves an unused directory, never a row
+    pointing at missing or half-written weights.
     """
+    try:
+        digest = Detector.load(checkpoint, device="cpu").version_digest
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises for truncated or corrupt files
+        raise CheckpointError(f"checkpoint {name} does not load: {str(exc).splitlines()[0][:300]}") from None
+    metrics = {**metrics, "weights_digest": digest}
     target = settings.models_dir / name
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():

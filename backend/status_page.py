@@ -7,6 +7,7 @@ so project titles, class names and error messages from users render as text.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from flask import render_template
@@ -36,7 +37,7 @@ def map_chart(epochs: list[dict[str, Any]], baseline: float | None, best_epoch: 
     maps = [e["map"] for e in epochs if e.get("map") is not None]
     if not maps:
         return None
-    top = max([*maps, baseline or 0.0]) * 1.15 or 0.01
+    top = _nice_ceiling(max([*maps, baseline or 0.0]))
     inner_w = CHART_WIDTH - MARGIN_LEFT - MARGIN_RIGHT
     inner_h = CHART_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
 
@@ -53,6 +54,14 @@ def map_chart(epochs: list[dict[str, Any]], baseline: float | None, best_epoch: 
         "line": " ".join(f"{px},{py}" for px, py in points), "points": points,
         "best": points[best_epoch - 1] if best_epoch and best_epoch <= len(points) else None,
         "baseline_y": round(y(baseline), 1) if baseline is not None else None,
-        "y_ticks": [(round(y(v), 1), f"{v:.2g}") for v in (0.0, top / 2, top)],
+        "y_ticks": [(round(y(v), 1), f"{v:g}") for v in (0.0, top / 2, top)],
         "x_ticks": [(px, i) for i, (px, _) in enumerate(points, 1) if len(points) <= 12 or i % 5 == 0 or i == 1],
     }
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 5, 10 x 10^k at or above ``value`` (0.01 for 0): round numbers on the axis."""
+    if value <= 0:
+        return 0.01
+    power = 10 ** math.floor(math.log10(value))
+    return next(round(step * power, 10) for step in (1, 2, 5, 10) if step * power >= value)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite, with everything it needs: the project's venv, a real Label Studio 1.23.2 in its own venv
-# (.ls-venv) and a PostgreSQL server from Debian's packages. Extra arguments go to pytest.
+# (.ls-venv), a PostgreSQL server and Chromium from Debian's packages. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +19,14 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
         echo "[setup] installing PostgreSQL from Debian's packages" >&2
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
             || echo "[setup] PostgreSQL could not be installed; its tests will be skipped" >&2
+    fi
+fi
+
+if ! command -v chromium >/dev/null; then  # a real browser for the status page test
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing Chromium from Debian's packages" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "[setup] Chromium could not be installed; the status page browser test will be skipped" >&2
     fi
 fi
 

@@ -285,7 +285,7 @@ def test_status_shows_versions_runs_and_corrections(client, store, settings, ls_
     assert run["started_at"] <= run["finished_at"]
     (version,) = project["model_versions"]
     assert (version["name"], version["status"], version["parent"], version["metrics"]) == (
-        "groundloop-p1-r1", "deployed", model_version, metrics)
+        "groundloop-p1-r1", "deployed", model_version, {**metrics, "weights_digest": model_version.split("-")[-1]})
     corrections = project["corrections"][model_version]
     assert corrections["annotations"] == 1
     assert (corrections["predicted"], corrections["final"]) == (len(served["result"]), 1)

@@ -8,6 +8,7 @@ HTML, as user-supplied text can.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TITLE = "Shapes <script>alert('title')</script> & co"
 ERROR = "RuntimeError: <b>out of memory</b> & more"
-USER, PASSWORD = "ann", "s3cret"
+AS_BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
 def _epochs(maps: list[float]) -> list[dict]:
@@ -83,20 +84,14 @@ def _chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProce
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (scripts/test.sh installs Debian's as root)")
 def test_a_browser_sees_versions_rounds_and_corrections_and_api_clients_get_json(
         data_dir: Path, small_model_dir: Path, tmp_path: Path):
-    flags = ["--no-worker", "--workers", "1", "--model", str(small_model_dir), "--basic-auth-user", USER,
-             "--basic-auth-pass", PASSWORD]
-    with groundloop_serve(data_dir, *flags) as server:
+    with groundloop_serve(data_dir, "--no-worker", "--workers", "1", "--model", str(small_model_dir)) as server:
         status_url = server.url + "/status"
-        as_browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
-        assert requests.get(status_url, headers=as_browser, timeout=10).status_code == 401
-        assert requests.get(status_url, auth=(USER, PASSWORD), timeout=10).json()["projects"][0]["project"] == PROJECT
-        json_asked = requests.get(status_url + "?format=json", headers=as_browser, auth=(USER, PASSWORD), timeout=10)
+        assert requests.get(status_url, timeout=10).json()["projects"][0]["project"] == PROJECT  # API clients: JSON
+        json_asked = requests.get(status_url + "?format=json", headers=AS_BROWSER, timeout=10)
         assert json_asked.headers["Content-Type"].startswith("application/json")
-
-        browser_url = status_url.replace("http://", f"http://{USER}:{PASSWORD}@")
-        dom = _chromium(browser_url, tmp_path, "--dump-dom").stdout
+        dom = _chromium(status_url, tmp_path, "--dump-dom").stdout
         screenshot = tmp_path / "status_page.png"
-        _chromium(browser_url, tmp_path, f"--screenshot={screenshot}")
+        _chromium(status_url, tmp_path, f"--screenshot={screenshot}")
 
     assert f"Project {PROJECT}" in dom and "groundloop-p1-r1" in dom
     assert "Shapes &lt;script&gt;alert('title')&lt;/script&gt; &amp; co" in dom  # shown as text, never run
@@ -113,3 +108,15 @@ def test_a_browser_sees_versions_rounds_and_corrections_and_api_clients_get_json
     assert f"<code>{starting}</code></td><td class=\"num\">3</td>" in corrections
     assert '<code>groundloop-p1-r1</code></td><td class="num">3</td>' in corrections
     assert screenshot.stat().st_size > 20_000  # bench/status_page.png is one of these
+
+
+def test_empty_states_read_sensibly_and_basic_auth_applies(make_client, store):
+    client, _ = make_client(basic_auth_user="ls", basic_auth_pass="s3cret")
+    assert client.get("/status", headers=AS_BROWSER).status_code == 401
+    good = {**AS_BROWSER, "Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
+    page = client.get("/status", headers=good)
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "No projects yet" in page.text
+    store.save_project(ProjectRecord(3, LABEL_CONFIG, None, None))
+    page = client.get("/status", headers=good).text
+    assert "Project 3" in page and "No training rounds yet" in page and "the starting model serves" in page

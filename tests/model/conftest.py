@@ -1,4 +1,4 @@
-"""One small Grounding DINO for the whole session, built offline into a temporary directory."""
+"""The small model loaded once as a Detector, and the bert-base-uncased tokenizer, for the model tests."""
 
 import os
 
