@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 from datetime import timedelta
@@ -82,12 +83,23 @@ class Worker:
         run = self.store.claim_training_run(self.owner, self.settings.lease_seconds, project_id=project_id)
         if run is None:
             return None
+        self.remove_stale_staging()
         log.info("run %d: training project %d (trigger: %s)", run.id, run.project_id, run.trigger)
         outcome = run_round(self.settings, self.store, run.id, self.owner, prepare=self.reconcile,
                             after_epoch=after_epoch)
         if outcome.status == "succeeded":
             self.publish(run.project_id)
         return outcome
+
+    def remove_stale_staging(self) -> None:
+        """Delete the half-written checkpoints of rounds whose worker died (their runs are no longer running)."""
+        staging = self.settings.models_dir / ".staging"
+        for directory in sorted(staging.glob("run-*"))[:1000]:
+            run_id = directory.name.removeprefix("run-")
+            run = self.store.get_training_run(int(run_id)) if run_id.isdigit() else None
+            if run is None or run.status != "running":
+                log.info("removing %s: its round is %s", directory, run.status if run else "unknown")
+                shutil.rmtree(directory, ignore_errors=True)
 
     def run_forever(self, stop: threading.Event, poll_seconds: float = 10.0) -> None:
         log.info("training worker %s started (a round after %d new annotations and %.0f minutes)", self.owner,
