@@ -230,29 +230,38 @@ def results_markdown(rows: list[RoundRow], title: str, command: str, seconds: fl
 
 
 def plot_rows(rows: list[RoundRow], path: Path) -> Path:
-    """Held-out mAP of the deployed model and the annotator's corrections, per round."""
+    """Held-out mAP of the deployed model (labeled), and the fate of the boxes served, per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = [r.round for r in rows]
-    fig, left = plt.subplots(figsize=(6, 3.6), dpi=100)
-    left.plot(rounds, [r.heldout_map for r in rows], marker="o", color="tab:blue", label="held-out mAP (deployed)")
+    fig, left = plt.subplots(figsize=(7, 4), dpi=110)
+    right = left.twinx()  # the boxes, drawn behind the mAP lines
+    left.set_zorder(right.get_zorder() + 1)
+    left.patch.set_visible(False)
+    corrections = [r.corrections for r in rows]
+    right.bar(rounds, corrections, width=0.5, color="tab:red", alpha=0.2, label="boxes corrected (right axis)")
+    right.bar(rounds, [r.accepted_unchanged for r in rows], width=0.5, bottom=corrections, color="tab:green",
+              alpha=0.5, label="boxes accepted unchanged (right axis)")
+    right.set_ylabel("boxes, per round's images")
+    right.set_ylim(0, max(max(c + r.accepted_unchanged for c, r in zip(corrections, rows)), 1) * 1.5)
+    heldout = [r.heldout_map for r in rows]
+    left.plot(rounds, heldout, marker="o", linewidth=2, color="tab:blue", label="held-out mAP of the deployed model")
+    for x, value in zip(rounds, heldout):
+        left.annotate(f"{value:.3f}", (x, value), textcoords="offset points", xytext=(7, -12), ha="left",
+                      fontsize=8, color="tab:blue")
     trained = [r for r in rows if r.candidate_val_map is not None]
     left.plot([r.round for r in trained], [r.candidate_val_map for r in trained], marker=".", linestyle=":",
-              color="tab:cyan", label="round's best val mAP")
-    left.set_xlabel("labeling round")
+              color="tab:cyan", label="round's best validation mAP")
+    left.set_xlabel("labeling round (0: the starting model)")
     left.set_ylabel("mAP@[.5:.95]")
     left.set_xticks(rounds)
-    left.set_ylim(bottom=0)
-    right = left.twinx()
-    right.bar(rounds, [r.corrections for r in rows], alpha=0.25, color="tab:red", label="corrections needed")
-    right.set_ylabel("boxes corrected by the annotator")
-    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
-    left.legend(handles, labels, fontsize=7, loc="upper left")
-    left.set_title("groundloop demo: the model improves as humans correct it")
+    left.set_ylim(0, max([*heldout, *(r.candidate_val_map for r in trained), 0.01]) * 1.35)
+    handles, labels = (a + b for a, b in zip(left.get_legend_handles_labels(), right.get_legend_handles_labels()))
+    left.legend(handles, labels, fontsize=7.5, loc="upper left", framealpha=0.9)
+    left.set_title("groundloop demo: the model improves as the annotator corrects it", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

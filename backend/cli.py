@@ -260,6 +260,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     import transformers
 
     transformers.logging.disable_progress_bar()
+    if args.log_level is None:  # the table is the output; --log-level INFO shows every epoch
+        logging.getLogger().setLevel(logging.WARNING)
     overrides = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
                  if getattr(args, f.name) is not None}
     print(f"groundloop demo: {args.rounds} rounds of {args.images_per_round} images; data in {args.out}", flush=True)
