@@ -14,9 +14,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "[setup] installing groundloop${EXTRAS:+[$EXTRAS]} into $VENV (first run takes a few minutes)" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    pip_install() {  # pip, without the noise of index locations that do not exist on this machine
+        "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
+    }
+    pip_install --upgrade pip
     # torch first and pinned: the CPU build 2.13.0 (on our machines it lies on disk); never a CUDA download.
-    "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    pip_install "torch==2.13.0"
+    pip_install -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     touch "$STAMP"
 fi
