@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 
@@ -104,14 +103,6 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
-
-    @property
-    def image_hosts(self) -> tuple[str, ...]:
-        """Hosts absolute image URLs may come from (the Label Studio host by default)."""
-        if self.allowed_image_hosts:
-            return self.allowed_image_hosts
-        host = urlparse(self.label_studio_url).hostname
-        return (host,) if host else ()
 
     # --- construction --------------------------------------------------------------------------------
     @classmethod

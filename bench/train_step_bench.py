@@ -29,7 +29,7 @@ def one_config(frozen: bool, steps: int, size: int) -> dict:
 
     from model import Detector, build_full_size_model
     from model.synthetic import SHAPE_CLASSES, make_shapes_dataset
-    from model.training import TrainingConfig, TrainingExample, encode_batch, freeze, make_batches
+    from model.training import TrainingExample, encode_batch, freeze, make_batches
     from model.prompts import build_prompts
 
     torch.set_num_threads(2)
