@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from model.config import EVAL_SETTINGS, DetectionSettings, TrainingConfig
+
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 
 
@@ -33,11 +35,11 @@ class Settings:
     """Hugging Face hub id or a local ``save_pretrained`` directory of the STARTING model."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ..."""
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    nms_iou: float = 0.5
-    max_detections: int = 100
-    image_size: int = 0
+    box_threshold: float = DetectionSettings.box_threshold
+    text_threshold: float = DetectionSettings.text_threshold
+    nms_iou: float = DetectionSettings.nms_iou
+    max_detections: int = DetectionSettings.max_detections
+    image_size: int = DetectionSettings.image_size
     """Shortest edge the image is resized to before the model; 0 keeps the processor's default (800)."""
     loaded_models: int = 3
     """Model versions a server process keeps in memory (serving different projects); least recently used go."""
@@ -73,17 +75,17 @@ class Settings:
     # --- training loop -------------------------------------------------------------------------------
     train_min_new_annotations: int = 10
     train_min_interval_minutes: float = 30.0
-    epochs: int = 10
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    patience: int = 3
+    epochs: int = TrainingConfig.epochs
+    batch_size: int = TrainingConfig.batch_size
+    learning_rate: float = TrainingConfig.learning_rate
+    weight_decay: float = TrainingConfig.weight_decay
+    patience: int = TrainingConfig.patience
     promotion_margin: float = 0.0
     val_fraction: float = 0.2
     val_min: int = 2
-    freeze_backbone: bool = True
-    freeze_text_encoder: bool = True
-    seed: int = 0
+    freeze_backbone: bool = TrainingConfig.freeze_backbone
+    freeze_text_encoder: bool = TrainingConfig.freeze_text_encoder
+    seed: int = TrainingConfig.seed
     lease_seconds: float = 120.0
     """A training run's lease, renewed every third of it; a run whose worker died is failed once it expires."""
 
@@ -103,6 +105,26 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    def detection_settings(self, box_threshold: float | None = None) -> DetectionSettings:
+        """What the detector is asked for when serving; ``box_threshold`` overrides ours (a control's own)."""
+        return DetectionSettings(
+            box_threshold=self.box_threshold if box_threshold is None else box_threshold,
+            text_threshold=self.text_threshold, nms_iou=self.nms_iou, max_detections=self.max_detections,
+            image_size=self.image_size,
+        )
+
+    def evaluation_settings(self) -> DetectionSettings:
+        """Detection for mAP: every candidate down to a low score counts (mAP ranks them), the rest as served."""
+        return dataclasses.replace(EVAL_SETTINGS, nms_iou=self.nms_iou, max_detections=self.max_detections,
+                                   image_size=self.image_size)
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig(
+            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay, patience=self.patience, freeze_backbone=self.freeze_backbone,
+            freeze_text_encoder=self.freeze_text_encoder, seed=self.seed, device=self.device,
+        )
 
     # --- construction --------------------------------------------------------------------------------
     @classmethod

@@ -15,9 +15,10 @@ import queue
 import threading
 
 from active_learning.images import ImageFetcher
-from active_learning.labelstudio import LabelStudioClient
-from active_learning.predictions import Job, PredictionError, predict_task, stored_prediction
-from active_learning.registry import ModelPool
+from active_learning.labelstudio.client import LabelStudioClient
+from active_learning.serving.jobs import Job
+from active_learning.serving.pool import ModelPool
+from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
 from active_learning.store import Store
 from backend.metrics import Metrics
 

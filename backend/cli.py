@@ -11,7 +11,8 @@
     groundloop predict IMAGES_DIR --classes "a,b(alias|alias)" --out DIR [--url-prefix P --model ...]
     groundloop demo [--rounds 3 --images-per-round 40 --out DIR]   the whole loop offline, simulated annotator
 
-Every ``Settings`` field is a flag of every command (``box_threshold`` -> ``--box-threshold``), generated from the
+Each command imports what it needs when it runs (torch only where a model is loaded), so ``--help`` and
+``status`` answer at once. Every ``Settings`` field is a flag of every command (``box_threshold`` -> ``--box-threshold``), generated from the
 dataclass, so a new setting needs no CLI change. A flag simply overrides the field's environment variable, so the
 CLI parses values exactly as the environment does. Precedence: flag > environment > default.
 """
@@ -31,24 +32,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from gunicorn.app.base import BaseApplication
-
-from active_learning.images import ImageCache
-from active_learning.interchange import (CSV_COLUMNS, EXPORT_FORMATS, InterchangeError, export_project, import_csv,
-                                        import_voc, parse_classes)
-from active_learning.labelstudio import LabelStudioClient, LabelStudioError, sync_project
-from active_learning.prelabel import prelabel_folder
-from active_learning.registry import rollback
 from active_learning.settings import Settings, env_name
-from active_learning.simulation import format_table, plot_rows, results_markdown, run_demo
-from active_learning.status import collect_status, render_status
-from active_learning.store import Store
-from active_learning.worker import Worker
+from active_learning.tools import CSV_COLUMNS, EXPORT_FORMATS
 
 WORKER_STOP_SECONDS = 30
 """Seconds ``serve`` gives the training worker to stop before killing it."""
-WORKER_TIMEOUT = 300
-"""Seconds gunicorn lets a worker go silent: it covers loading the model in the worker and one full /predict."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +98,8 @@ def _interchange_commands(commands) -> None:
     import_.add_argument("--images", type=Path, metavar="DIR",
                          help="the images (CSV: required; VOC: default beside the XML or in a sibling folder)")
     import_.add_argument("--classes", type=_classes, help=classes_help + "; creates an unknown project")
+    import_.add_argument("--control", metavar="NAME",
+                         help="the <RectangleLabels> the boxes belong to (default: the config's first)")
     import_.set_defaults(run=_import)
     export = commands.add_parser("export", help="write a project's human boxes and images as COCO or Pascal VOC")
     export.add_argument("--project", type=int, required=True)
@@ -126,6 +116,8 @@ def _interchange_commands(commands) -> None:
 
 
 def _classes(text: str) -> list:
+    from active_learning.labelstudio.config import parse_classes
+
     try:
         return parse_classes(text)
     except ValueError as exc:
@@ -133,15 +125,19 @@ def _classes(text: str) -> list:
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.images import ImageCache
+    from active_learning.store import Store
+    from active_learning.tools.importing import InterchangeError, import_csv, import_voc
+
     if args.csv and not args.images:
         print("groundloop import: --csv needs --images DIR", file=sys.stderr)
         return 2
     store, cache = Store.from_settings(settings), ImageCache(settings)
     try:
         if args.voc:
-            report = import_voc(store, cache, args.project, args.voc, args.images, args.classes)
+            report = import_voc(store, cache, args.project, args.voc, args.images, args.classes, args.control)
         else:
-            report = import_csv(store, cache, args.project, args.csv, args.images, args.classes)
+            report = import_csv(store, cache, args.project, args.csv, args.images, args.classes, args.control)
     except (InterchangeError, OSError) as exc:
         print(f"groundloop import: {exc}", file=sys.stderr)
         return 1
@@ -150,6 +146,11 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.images import ImageCache
+    from active_learning.store import Store
+    from active_learning.tools.export import export_project
+    from active_learning.tools.importing import InterchangeError
+
     try:
         report = export_project(Store.from_settings(settings), ImageCache(settings), args.project, args.out,
                                 args.format)
@@ -161,6 +162,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _predict(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.tools.prelabel import prelabel_folder
+
     if not args.images_dir.is_dir():
         print(f"groundloop predict: {args.images_dir} is not a folder", file=sys.stderr)
         return 1
@@ -190,6 +193,8 @@ def _training_commands(commands) -> None:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     """gunicorn in this process, the training worker in a child process that stops with it."""
+    from backend.server import GunicornServer
+
     worker = None if args.no_worker else subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "worker", *_settings_flags(args)])
     try:
@@ -211,6 +216,8 @@ def _settings_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.training.worker import Worker
+
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -219,14 +226,20 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.reports.status import collect_status, render_status
+    from active_learning.store import Store
+
     status = collect_status(Store.from_settings(settings), None if args.project is None else [args.project])
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.store import Store
+    from active_learning.training.worker import Worker
+
     store = Store.from_settings(settings)
-    run_id = store.request_training(args.project, "cli")
+    run_id = store.runs.request(args.project, "cli")
     print(f"run {run_id}: training project {args.project} ...", flush=True)
 
     def progress(epoch) -> None:
@@ -244,6 +257,10 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.store import Store
+    from active_learning.training.registry import rollback
+    from active_learning.training.worker import Worker
+
     store = Store.from_settings(settings)
     try:
         rollback(store, args.project, args.to)
@@ -258,6 +275,8 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     """Settings flags given here override the demo's own settings (``--epochs 12``); the rest are ignored."""
     import transformers
+
+    from active_learning.tools.demo import format_table, plot_rows, results_markdown, run_demo
 
     transformers.logging.disable_progress_bar()
     if args.log_level is None:  # the table is the output; --log-level INFO shows every epoch
@@ -280,6 +299,10 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _sync(settings: Settings, args: argparse.Namespace) -> int:
+    from active_learning.labelstudio.client import LabelStudioClient, LabelStudioError
+    from active_learning.labelstudio.sync import sync_project
+    from active_learning.store import Store
+
     try:
         client = LabelStudioClient.from_settings(settings)
         result = sync_project(Store.from_settings(settings), client, args.project)
@@ -288,39 +311,6 @@ def _sync(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(result)
     return 0
-
-
-class GunicornServer(BaseApplication):
-    """gunicorn, configured from ``Settings`` instead of a config file.
-
-    The model is loaded in ``load()``, which gunicorn calls in each worker AFTER forking (no ``preload_app``):
-    torch's thread pools do not survive a fork, and each worker gets its own copy of the weights. Several
-    threads per worker share that copy (``--threads``); detection itself runs one image at a time.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        s = self.settings
-        for key, value in {
-            "bind": f"{s.host}:{s.port}",
-            "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": "gthread",
-            "timeout": WORKER_TIMEOUT,
-            "loglevel": s.log_level.lower(),
-            "accesslog": "-",
-        }.items():
-            self.cfg.set(key, value)
-        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: one fixed socket path per user
-            self.cfg.set("control_socket_disable", True)  # would clash between two servers on one machine
-
-    def load(self):
-        from backend.app import create_app
-
-        return create_app(self.settings)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ What a newcomer needs to know:
   finished in the background (``backend.backfill``): stored, so the next "Retrieve predictions" answers them at
   once, and pushed to Label Studio when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set. Every task ends
   with a prediction.
-* The prediction itself (image, detection, Label Studio format, score) is ``active_learning.predictions``: the
+* The prediction itself (image, detection, Label Studio format, score) is ``active_learning.serving.predict``: the
   worker's refresh after a promotion makes its predictions the same way.
 * Interactive pre-annotation: when the config has a ``<TextArea>`` on the image and the editor sends its text in
   ``params.context``, that text (phrases separated by commas) is the class prompt. It is remembered per project
@@ -35,12 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from active_learning.images import ImageCache, ImageFetcher, cache_task_image
-from active_learning.label_config import LabelConfigError, LabelSchema, PromptControl, parse_label_config
-from active_learning.labelstudio import LabelStudioClient
-from active_learning.predictions import Job, PredictionError, predict_task, project_job, stored_prediction
-from active_learning.registry import LoadedModel, ModelPool
+from active_learning.labelstudio.client import LabelStudioClient
+from active_learning.labelstudio.config import LabelConfigError, ProjectSchema, PromptControl, parse_label_config
+from active_learning.reports.status import collect_status
+from active_learning.serving.jobs import Job, project_job
+from active_learning.serving.pool import LoadedModel, ModelPool
+from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
 from active_learning.settings import Settings
-from active_learning.status import collect_status
 from active_learning.store import Store
 from backend.backfill import Backfill
 from backend.metrics import Metrics
@@ -95,11 +96,11 @@ class Predictor:
         project_id = _project_id(body.get("project"))
         version = self.pool.version_for(project_id)
         answer: dict = {"model_version": version}
-        if not schema.rectangle_controls:
+        if schema is None:
             answer["warning"] = _NOTHING_TO_DO
             log.warning("/setup for project %s: %s", project_id, _NOTHING_TO_DO)
         if project_id is not None:
-            self.store.upsert_project(project_id, body["schema"])
+            self.store.projects.set_label_config(project_id, body["schema"])
             self._keep_in_step(project_id, version)
         return answer
 
@@ -114,11 +115,11 @@ class Predictor:
             raise RequestError("'params' must be an object")
         schema = _parse_config(config)
         project_id = _project_id(body.get("project"))
-        if not schema.rectangle_controls:
+        if schema is None:
             log.warning("/predict for project %s: %s", project_id, _NOTHING_TO_DO)
             return {"results": [NO_PREDICTION for _ in tasks]}
         if project_id is not None:
-            self.store.upsert_project(project_id, config)
+            self.store.projects.set_label_config(project_id, config)
         typed_prompt = _prompt_from_context(schema.prompt_control, params.get("context"))
         job = project_job(self.settings, self.store, schema, project_id, typed_prompt)
         model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
@@ -197,7 +198,7 @@ class Predictor:
                 try:
                     if self.label_studio.get_project(project_id).get("model_version") != version:
                         self.label_studio.set_project_model_version(project_id, version)
-                    self.store.set_project_model_version(project_id, version)
+                    self.store.projects.set_model_version(project_id, version)
                     return
                 except Exception as exc:  # Label Studio down, key wrong, or no prediction of ours there yet
                     error = str(exc)[:300]
@@ -224,7 +225,7 @@ def _prompt_from_context(control: PromptControl | None, context: Any) -> str | N
     return None
 
 
-def _parse_config(xml: str) -> LabelSchema:
+def _parse_config(xml: str) -> ProjectSchema | None:
     try:
         return parse_label_config(xml)
     except LabelConfigError as exc:

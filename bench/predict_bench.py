@@ -125,7 +125,7 @@ def main() -> None:
     import transformers
     from PIL import Image
 
-    from active_learning.label_config import parse_label_config
+    from active_learning.labelstudio.config import parse_label_config
     from model import DetectionSettings, Detector, build_full_size_model, build_small_model
 
     torch.set_num_threads(2)

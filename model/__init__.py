@@ -1,16 +1,29 @@
-"""Grounding DINO detection for groundloop: prompts from Label Studio classes, detections, uncertainty."""
+"""Grounding DINO detection for groundloop: prompts from Label Studio classes, detections, uncertainty.
 
-from model.detector import Detector
-from model.factory import build_full_size_model, build_small_model
-from model.postprocess import DetectionSettings
-from model.prompts import ClassSpec, Prompt, build_prompts
+Names are imported on first use (PEP 562), so ``from model import ClassSpec`` does not load torch: the command
+line's ``--help`` and ``status`` stay fast.
+"""
 
-__all__ = [
-    "ClassSpec",
-    "DetectionSettings",
-    "Detector",
-    "Prompt",
-    "build_full_size_model",
-    "build_prompts",
-    "build_small_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClassSpec": "model.prompts",
+    "Prompt": "model.prompts",
+    "build_prompts": "model.prompts",
+    "DetectionSettings": "model.config",
+    "TrainingConfig": "model.config",
+    "Detector": "model.detector",
+    "build_full_size_model": "model.factory",
+    "build_small_model": "model.factory",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -16,7 +16,8 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 from transformers.image_transforms import center_to_corners_format
 
 from model.assignment import QueryClasses, assign_classes, phrase_token_masks
-from model.postprocess import DetectionSettings, select_detections
+from model.config import DetectionSettings
+from model.postprocess import select_detections
 from model.prompts import ClassSpec, Prompt, build_prompts
 from model.uncertainty import threshold_margin
 

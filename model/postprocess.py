@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import supervision as sv
 
-
-@dataclass(frozen=True)
-class DetectionSettings:
-    box_threshold: float = 0.35
-    """A query becomes a box when its confidence is above this."""
-    text_threshold: float = 0.25
-    """...and every token of its winning phrase scores above this (see ``assignment.assign_classes``)."""
-    nms_iou: float = 0.5
-    """Boxes of the SAME class overlapping more than this are suppressed (the weaker one goes)."""
-    max_detections: int = 100
-    """At most this many boxes per image, the most confident."""
-    image_size: int = 0
-    """Shortest edge the model sees; 0 keeps the processor's default (800 for the released models)."""
+from model.config import DetectionSettings
 
 
 def select_detections(

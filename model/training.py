@@ -26,7 +26,8 @@ from accelerate.utils import set_seed
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from model.detector import DetectionSettings, Detector
+from model.config import EVAL_SETTINGS, DetectionSettings, TrainingConfig
+from model.detector import Detector
 from model.evaluation import DetectionMetrics, evaluate_detections
 from model.prompts import ClassSpec, Prompt, build_prompts
 
@@ -42,24 +43,6 @@ class TrainingExample:
 
     image: Image.Image
     targets: sv.Detections
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    epochs: int = 10
-    batch_size: int = 4
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 0.1
-    patience: int = 3
-    """Stop after this many epochs without a better validation mAP."""
-    freeze_backbone: bool = True
-    freeze_text_encoder: bool = True
-    hflip_probability: float = 0.5
-    scale_jitter: float = 0.2
-    """Shortest edge drawn per batch from [size * (1 - j), size * (1 + j)]."""
-    seed: int = 0
-    device: str = "auto"
 
 
 @dataclass
@@ -80,10 +63,6 @@ class FitResult:
     @property
     def best_map(self) -> float:
         return max((e.metrics.map for e in self.epochs), default=0.0)
-
-
-EVAL_SETTINGS = DetectionSettings(box_threshold=0.01, text_threshold=0.0, max_detections=100)
-"""mAP ranks every candidate, so validation keeps low-confidence boxes that serving would drop."""
 
 
 # --- data --------------------------------------------------------------------------------------------

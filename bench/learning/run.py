@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from active_learning.simulation import format_table, plot_rows, results_markdown, run_demo
+from active_learning.tools.demo import format_table, plot_rows, results_markdown, run_demo
 
 HERE = Path(__file__).parent
 

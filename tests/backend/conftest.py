@@ -26,7 +26,8 @@ import requests
 from PIL import Image, ImageDraw
 
 from active_learning.images import ImageFetcher
-from active_learning.registry import ModelPool, register, starting_model_version
+from active_learning.serving.pool import ModelPool, starting_model_version
+from active_learning.training.registry import register
 from active_learning.settings import Settings
 from active_learning.store import Store
 from backend.app import create_app

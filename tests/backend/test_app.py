@@ -32,7 +32,7 @@ def test_setup_answers_the_model_version_and_records_the_project(client, store, 
     answer = client.post("/setup", json=ls_request("setup"))
     assert answer.status_code == 200
     assert answer.json == {"model_version": model_version}
-    assert "<Label value=\"cat\"/>" in store.get_project(1).label_config
+    assert "<Label value=\"cat\"/>" in store.projects.get(1).label_config
 
 
 def test_retrieve_predictions_one_per_task_in_order(client, store, ls_request, model_version, media):
@@ -43,7 +43,7 @@ def test_retrieve_predictions_one_per_task_in_order(client, store, ls_request, m
     assert len(results) == len(body["tasks"]) == 3
     for task, prediction in zip(body["tasks"], results):
         assert_prediction(prediction, model_version)
-        assert [p.result for p in store.served_predictions(task["id"], model_version)] == [prediction["result"]]
+        assert [p.result for p in store.predictions.served(task["id"], model_version)] == [prediction["result"]]
     assert {t["data"]["image"] for t in body["tasks"]} <= set(media.requests)
 
 
@@ -55,7 +55,7 @@ def test_a_bad_image_does_not_sink_the_batch_and_is_not_stored(client, store, ls
     assert len(results) == 4
     assert results[0]["result"] and results[2]["result"]
     assert results[1] == [] and results[3] == []  # Label Studio stores nothing for these and asks again
-    assert store.served_predictions(2) == [] and store.served_predictions(4) == []
+    assert store.predictions.served(2) == [] and store.predictions.served(4) == []
     assert client.get("/metrics").json["failures"] == 2
 
 
@@ -107,7 +107,7 @@ def test_tasks_over_the_budget_are_finished_in_the_background(make_client, store
     assert results[1:] == [[], []]  # answered at once; Label Studio stores nothing for these
 
     predictor.backfill.wait()
-    assert len(store.served_predictions(2, model_version)) == len(store.served_predictions(3, model_version)) == 1
+    assert len(store.predictions.served(2, model_version)) == len(store.predictions.served(3, model_version)) == 1
     again = client.post("/predict", json=body).json["results"]  # the next "Retrieve predictions"
     for prediction in again:
         assert_prediction(prediction, model_version)
@@ -148,7 +148,7 @@ def test_interactive_prompt_is_detected_and_remembered(client, store, ls_request
     prediction = client.post("/predict", json=body).json["results"][0]
     # "puppy" is an alias of the label "dog"; "red car" names no label and is searched as typed; "cat" is not asked
     assert_prediction(prediction, model_version, labels=("dog", "red car"))
-    assert store.project_prompt(1) == "puppy, red car"
+    assert store.projects.prompt(1) == "puppy, red car"
 
     later = ls_request("predict_retrieve_predictions")
     later["label_config"] = PROMPT_CONFIG
@@ -211,20 +211,20 @@ def test_webhooks_reach_the_store_and_labeled_images_are_cached(make_client, sto
     client, predictor = make_client()
     created = client.post("/webhook", json=ls_request("webhook_annotation_created"))
     assert created.status_code == 200 and created.json["status"] == "ok"
-    assert store.get_annotation(1).boxes[0]["label"] == "dog"
+    assert store.annotations.get(1).boxes[0]["label"] == "dog"
     predictor._image_caching.submit(lambda: None).result()  # the caching queued before this is done
-    task = store.get_task(1)
+    task = store.tasks.get(1)
     assert (task.width, task.height) == IMAGE_SIZE and predictor.images.path_for(task.image_sha256).exists()
 
     assert client.post("/webhook", json=ls_request("webhook_annotation_updated")).status_code == 200
-    assert store.get_annotation(1).boxes[0]["label"] == "cat"
+    assert store.annotations.get(1).boxes[0]["label"] == "cat"
 
     assert client.post("/webhook", json=ls_request("webhook_annotations_deleted")).status_code == 200
-    assert store.get_annotation(1).deleted
+    assert store.annotations.get(1).deleted
 
     training = client.post("/webhook", json=ls_request("webhook_start_training"))
     assert training.status_code == 200
-    assert [run.status for run in store.training_runs(1)] == ["queued"]
+    assert [run.status for run in store.runs.of_project(1)] == ["queued"]
 
 
 def test_unknown_webhook_actions_are_acknowledged(client):
@@ -267,12 +267,12 @@ def test_status_shows_versions_runs_and_corrections(client, store, settings, ls_
     webhook["project"]["model_version"] = model_version
     webhook["annotation"].update(created_at="2030-01-01T00:00:00Z", updated_at="2030-01-01T00:00:00Z")
     assert client.post("/webhook", json=webhook).status_code == 200
-    run_id = store.request_training(1, "test")
-    store.claim_training_run("test", project_id=1)
-    store.update_training_run(run_id, train_size=8, val_size=2, epoch={"epoch": 1, "train_loss": 1.5, "map": 0.2})
+    run_id = store.runs.request(1, "test")
+    store.runs.claim("test", project_id=1)
+    store.runs.update(run_id, train_size=8, val_size=2, epoch={"epoch": 1, "train_loss": 1.5, "map": 0.2})
     metrics = {"val": {"map": 0.2}, "baseline": {"map": 0.1}, "best_epoch": 1}
     deploy_copy(settings, store, small_model_dir, 1, "groundloop-p1-r1", metrics, parent=model_version)
-    store.finish_training_run(run_id, "succeeded", model_version="groundloop-p1-r1")
+    store.runs.finish(run_id, "succeeded", model_version="groundloop-p1-r1")
 
     (project,) = client.get("/status").json["projects"]
     assert project["project"] == 1

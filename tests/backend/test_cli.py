@@ -8,7 +8,8 @@ import pytest
 
 from active_learning.settings import Settings
 from active_learning.store import Store
-from backend.cli import GunicornServer, _settings_flags, main, parse
+from backend.cli import _settings_flags, main, parse
+from backend.server import GunicornServer
 
 
 def test_every_settings_field_is_a_flag_of_every_command():
@@ -69,10 +70,10 @@ def _data_dir_flags(tmp_path: Path) -> list[str]:
 
 def test_status_shows_projects_as_a_table_and_as_json(tmp_path, capsys):
     store = Store.from_settings(Settings(data_dir=tmp_path))
-    store.upsert_project(3, "<View/>")
-    store.add_model_version("groundloop-p3-r1", tmp_path / "m", project_id=3, parent="start",
+    store.projects.set_label_config(3, "<View/>")
+    store.models.add("groundloop-p3-r1", tmp_path / "m", project_id=3, parent="start",
                             metrics={"val": {"map": 0.25}}, status="deployed")
-    run_id = store.request_training(3, "cli")
+    run_id = store.runs.request(3, "cli")
 
     assert main(["status", *_data_dir_flags(tmp_path)]) == 0
     text = capsys.readouterr().out
@@ -90,14 +91,14 @@ def test_rollback_deploys_a_known_version_and_refuses_others(tmp_path, capsys):
     for name in ("groundloop-p3-r1", "groundloop-p3-r2"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
-        store.add_model_version(name, tmp_path / name, project_id=3, status="deployed")
+        store.models.add(name, tmp_path / name, project_id=3, status="deployed")
     assert main(["rollback", "--project", "3", "--to", "groundloop-p3-r9", *_data_dir_flags(tmp_path)]) == 1
     assert "no model version 'groundloop-p3-r9'" in capsys.readouterr().err
     assert main(["rollback", "--project", "3", "--to", "groundloop-p3-r1", *_data_dir_flags(tmp_path)]) == 0
-    assert store.deployed_model(3).name == "groundloop-p3-r1"
+    assert store.models.deployed(3).name == "groundloop-p3-r1"
 
 
 def test_train_exits_1_when_the_round_fails(tmp_path, capsys):
     assert main(["train", "--project", "3", *_data_dir_flags(tmp_path)]) == 1  # nothing labeled: it cannot train
     out = capsys.readouterr().out
-    assert "run 1: failed: ValueError: project 3 has no RectangleLabels classes" in out
+    assert "run 1: failed: ValueError: project 3 has no <RectangleLabels> in its label config" in out

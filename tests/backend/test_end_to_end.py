@@ -78,7 +78,7 @@ def test_label_studio_round_trip(label_studio, backend):
             assert value["rectanglelabels"][0] in ("cat", "dog")
             assert 0 <= value["x"] and value["x"] + value["width"] <= 100 + 1e-6
             assert 0 <= value["y"] and value["y"] + value["height"] <= 100 + 1e-6
-    served = {t["id"]: backend.store.served_predictions(t["id"], backend.model_version) for t in tasks}
+    served = {t["id"]: backend.store.predictions.served(t["id"], backend.model_version) for t in tasks}
     assert all(len(rows) == 1 for rows in served.values())
 
     # the backend points the project at its model version (after /setup, in the background)
@@ -93,25 +93,25 @@ def test_label_studio_round_trip(label_studio, backend):
         "value": {"x": 10, "y": 10, "width": 50, "height": 40, "rotation": 0, "rectanglelabels": ["dog"]},
     }
     annotation = ls.api("POST", f"/api/tasks/{first}/annotations", json={"result": [region]}).json()
-    stored = wait_for(lambda: backend.store.get_annotation(annotation["id"]), timeout=20, what="ANNOTATION_CREATED")
+    stored = wait_for(lambda: backend.store.annotations.get(annotation["id"]), timeout=20, what="ANNOTATION_CREATED")
     assert stored.boxes[0]["label"] == "dog"
     # its image is cached in the background (from Label Studio, with its key): training needs no Label Studio
-    wait_for(lambda: backend.store.get_task(first).image_sha256, timeout=20, what="image of the annotated task cached")
+    wait_for(lambda: backend.store.tasks.get(first).image_sha256, timeout=20, what="image of the annotated task cached")
 
     region["value"]["rectanglelabels"] = ["cat"]
     ls.api("PATCH", f"/api/annotations/{annotation['id']}", json={"result": [region]})
-    wait_for(lambda: backend.store.get_annotation(annotation["id"]).boxes[0]["label"] == "cat",
+    wait_for(lambda: backend.store.annotations.get(annotation["id"]).boxes[0]["label"] == "cat",
              timeout=20, what="ANNOTATION_UPDATED")
 
     ls.api("DELETE", f"/api/annotations/{annotation['id']}")
-    wait_for(lambda: backend.store.get_annotation(annotation["id"]).deleted, timeout=20, what="ANNOTATIONS_DELETED")
+    wait_for(lambda: backend.store.annotations.get(annotation["id"]).deleted, timeout=20, what="ANNOTATIONS_DELETED")
 
     # "Start training" queues a round; the worker beside the server runs it: nothing is labeled now, so it fails
     ls.api("POST", f"/api/ml/{ml['id']}/train", json={})
-    (run,) = wait_for(lambda: backend.store.training_runs(pid), timeout=20, what="START_TRAINING")
+    (run,) = wait_for(lambda: backend.store.runs.of_project(pid), timeout=20, what="START_TRAINING")
     assert run.trigger == "webhook"
-    run = wait_for(lambda: backend.store.get_training_run(run.id).status == "failed"
-                   and backend.store.get_training_run(run.id), timeout=60, what="the worker ran the round")
+    run = wait_for(lambda: backend.store.runs.get(run.id).status == "failed"
+                   and backend.store.runs.get(run.id), timeout=60, what="the worker ran the round")
     assert "0 training and 0 validation images" in run.error
 
     # uncertainty sampling serves the task the model is least sure about (lowest score) first
@@ -133,7 +133,7 @@ def test_sync_command_pulls_a_project(label_studio, backend):
     )
     assert done.returncode == 0, done.stderr
     assert "tasks=2" in done.stdout
-    assert len(backend.store.task_ids(project["id"])) == 2
+    assert len(backend.store.tasks.ids(project["id"])) == 2
 
 
 def test_stopping_the_server_stops_its_worker(backend):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from active_learning.label_config import LabelConfigError, parse_label_config
+from active_learning.labelstudio.config import LabelConfigError, parse_label_config
 from model import ClassSpec
 
 GROUNDING_DINO_EXAMPLE = """
@@ -28,8 +28,8 @@ def test_classes_aliases_and_threshold():
         "</RectangleLabels></View>"
     )
     (control,) = schema.rectangle_controls
-    assert (control.name, control.to_name, control.image_value_key) == ("boxes", "img", "photo")
-    assert control.classes == [ClassSpec("car", ("automobile", "truck")), ClassSpec("person")]
+    assert (control.name, schema.image_name, schema.image_key) == ("boxes", "img", "photo")
+    assert control.classes == (ClassSpec("car", ("automobile", "truck")), ClassSpec("person"))
     assert control.score_threshold == 0.4
     assert schema.prompt_control is None
 
@@ -42,7 +42,7 @@ def test_captured_config_has_no_threshold(ls_request):
 
 def test_label_studio_grounding_dino_example_has_a_prompt():
     schema = parse_label_config(GROUNDING_DINO_EXAMPLE)
-    assert (schema.prompt_control.name, schema.prompt_control.to_name) == ("prompt", "image")
+    assert (schema.prompt_control.name, schema.image_name) == ("prompt", "image")
     assert [c.name for c in schema.rectangle_controls[0].classes] == ["cats", "house"]
 
 
@@ -51,7 +51,43 @@ def test_config_without_rectangles_is_empty_not_an_error():
         '<View><Image name="image" value="$image"/>'
         '<Choices name="c" toName="image"><Choice value="indoor"/></Choices></View>'
     )
-    assert schema.rectangle_controls == [] and schema.prompt_control is None
+    assert schema is None
+
+
+TWO_CONTROLS = """
+<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="objects" toName="image" model_score_threshold="0.3">
+    <Label value="car" predicted_values="automobile"/><Label value="person"/>
+  </RectangleLabels>
+  <RectangleLabels name="damage" toName="image">
+    <Label value="dent"/><Label value="car" predicted_values="wreck"/>
+  </RectangleLabels>
+</View>
+"""
+
+
+def test_every_rectangle_control_is_in_the_schema():
+    schema = parse_label_config(TWO_CONTROLS)
+    assert [c.name for c in schema.rectangle_controls] == ["objects", "damage"]
+    assert schema.control("damage").classes == (ClassSpec("dent"), ClassSpec("car", ("wreck",)))
+    assert schema.control().name == "objects"
+    # one detection class per label, a shared label once with the aliases of both controls
+    assert schema.classes == [ClassSpec("car", ("automobile", "wreck")), ClassSpec("person"), ClassSpec("dent")]
+    assert [c.name for c in schema.controls_with("car")] == ["objects", "damage"]
+    # export categories: the label alone, unless two controls share it
+    assert [(c.control, c.label, c.name) for c in schema.categories] == [
+        ("objects", "car", "objects/car"), ("objects", "person", "person"), ("damage", "dent", "dent"),
+        ("damage", "car", "damage/car")]
+    with pytest.raises(LabelConfigError, match="no <RectangleLabels name=\"nope\">"):
+        schema.control("nope")
+
+
+def test_rectangles_on_two_images_are_refused_with_the_reason():
+    with pytest.raises(LabelConfigError, match="one image per task"):
+        parse_label_config('<View><Image name="a" value="$a"/><Image name="b" value="$b"/>'
+                           '<RectangleLabels name="x" toName="a"><Label value="p"/></RectangleLabels>'
+                           '<RectangleLabels name="y" toName="b"><Label value="q"/></RectangleLabels></View>')
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from active_learning.images import ImageFetcher
-from active_learning.labelstudio import LabelStudioClient
-from active_learning.registry import ModelPool
-from active_learning.worker import Worker
+from active_learning.labelstudio.client import LabelStudioClient
+from active_learning.serving.pool import ModelPool
+from active_learning.training.worker import Worker
 from backend.app import create_app
 from backend.predictor import Predictor
 
@@ -68,4 +68,4 @@ def test_after_a_promotion_label_studio_holds_the_new_versions_predictions(label
         assert_prediction(prediction, f"groundloop-p{pid}-r1")
     project = label_studio.api("GET", f"/api/projects/{pid}").json()
     assert project["model_version"] == f"groundloop-p{pid}-r1"
-    assert store.get_project(pid).model_version == f"groundloop-p{pid}-r1"
+    assert store.projects.get(pid).model_version == f"groundloop-p{pid}-r1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from active_learning.registry import ModelPool
+from active_learning.serving.pool import ModelPool
 
 from .conftest import deploy_copy
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from active_learning.events import ProjectRecord
-from active_learning.registry import register
-from active_learning.simulation import LABEL_CONFIG, PROJECT, SimulatedProject, demo_settings
+from active_learning.labelstudio.records import ProjectRecord
+from active_learning.training.registry import register
+from active_learning.tools.demo import LABEL_CONFIG, PROJECT, SimulatedProject, demo_settings
 from model.synthetic import make_shapes_dataset
 
 from .conftest import groundloop_serve
@@ -40,11 +40,11 @@ def _round(project: SimulatedProject, model_dir: Path, name: str | None, maps: l
            status: str, error: str | None = None) -> None:
     """Record a finished training round as rounds.py does: epochs, sizes, the candidate's version, the decision."""
     store, settings = project.store, project.settings
-    run_id = store.request_training(PROJECT, "auto")
-    assert store.claim_training_run("test", project_id=PROJECT).id == run_id
-    store.update_training_run(run_id, train_size=9, val_size=3)
+    run_id = store.runs.request(PROJECT, "auto")
+    assert store.runs.claim("test", project_id=PROJECT).id == run_id
+    store.runs.update(run_id, train_size=9, val_size=3)
     for epoch in _epochs(maps):
-        store.update_training_run(run_id, epoch=epoch)
+        store.runs.update(run_id, epoch=epoch)
     if name:
         best = max(range(len(maps)), key=maps.__getitem__)
         checkpoint = settings.data_dir / "checkpoints" / name
@@ -53,14 +53,14 @@ def _round(project: SimulatedProject, model_dir: Path, name: str | None, maps: l
                    "best_epoch": best + 1, "train_size": 9, "val_size": 3}
         register(store, settings, checkpoint, name, project_id=PROJECT, parent=project.serving()[1],
                  metrics=metrics, deploy=status == "succeeded")
-    store.finish_training_run(run_id, status, model_version=name, error=error)
+    store.runs.finish(run_id, status, model_version=name, error=error)
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path, small_model_dir: Path) -> Path:
     project = SimulatedProject(demo_settings(tmp_path, model=str(small_model_dir), device="cpu",
                                              box_threshold=0.0, text_threshold=0.0, max_detections=3))
-    project.store.save_project(ProjectRecord(PROJECT, LABEL_CONFIG, TITLE, None))
+    project.store.projects.save(ProjectRecord(PROJECT, LABEL_CONFIG, TITLE, None))
     images = make_shapes_dataset(6, seed=5)
     for sample in images[:3]:
         project.label(sample)
@@ -117,6 +117,6 @@ def test_empty_states_read_sensibly_and_basic_auth_applies(make_client, store):
     page = client.get("/status", headers=good)
     assert page.headers["Content-Type"].startswith("text/html")
     assert "No projects yet" in page.text
-    store.save_project(ProjectRecord(3, LABEL_CONFIG, None, None))
+    store.projects.save(ProjectRecord(3, LABEL_CONFIG, None, None))
     page = client.get("/status", headers=good).text
     assert "Project 3" in page and "No training rounds yet" in page and "the starting model serves" in page

@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from active_learning.registry import CheckpointError, register
+from active_learning.serving.pool import CheckpointError
+from active_learning.training.registry import register
 from tests.backend.conftest import assert_prediction, deploy_copy
 
 PROJECT = 1
@@ -41,7 +42,7 @@ def test_a_checkpoint_that_does_not_load_is_never_registered(settings, store, sm
     with pytest.raises(CheckpointError, match="does not load"):
         register(store, settings, checkpoint, "groundloop-p1-r1", project_id=PROJECT, parent=None, metrics={},
                  deploy=True)
-    assert store.model_versions(PROJECT) == [] and store.deployed_model(PROJECT) is None
+    assert store.models.versions(PROJECT) == [] and store.models.deployed(PROJECT) is None
     assert not (settings.models_dir / "groundloop-p1-r1").exists()
     figures["checkpoints_refused"] = figures.get("checkpoints_refused", 0) + 1
 

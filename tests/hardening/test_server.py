@@ -69,7 +69,7 @@ def _workers(process: subprocess.Popen) -> list[int]:
 def _stored(data_dir: Path) -> dict[int, tuple[str, datetime]]:
     store = Store.from_settings(Settings(data_dir=data_dir))
     try:
-        return {a.id: (a.boxes[0]["label"], a.updated_at) for a in store.annotations(1)}
+        return {a.id: (a.boxes[0]["label"], a.updated_at) for a in store.annotations.of_project(1)}
     finally:
         store.close()
 

@@ -48,6 +48,6 @@ def test_label_studio_webhook_with_the_secret_header_is_accepted_and_without_ref
                             what="both Label Studio webhooks")
         assert sorted(statuses) == ["200", "401"]
         store = Store.from_settings(Settings(data_dir=tmp_path))
-        assert store.get_annotation(annotation["id"]).boxes[0]["label"] == "cat"
+        assert store.annotations.get(annotation["id"]).boxes[0]["label"] == "cat"
         store.close()
     figures["label_studio_webhook_secret"] = {"with_header": "200", "without_header": "401"}

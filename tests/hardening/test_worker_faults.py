@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from active_learning.registry import ModelPool, checkpoint_name
+from active_learning.serving.pool import ModelPool
+from active_learning.training.registry import checkpoint_name
 from active_learning.settings import Settings
 from active_learning.store import Store
-from active_learning.worker import Worker
+from active_learning.training.worker import Worker
 from tests.backend.conftest import deploy_copy, wait_for
 from tests.labelstudio import free_port
 from tests.training.conftest import PROJECT, annotation_webhook, media_url, shapes  # noqa: F401
@@ -69,7 +70,7 @@ def test_kill_9_of_the_worker_then_a_round_without_label_studio(settings, shapes
     killed = {}
 
     for moment in ("checkpoint write", "training"):
-        run_id = store.request_training(PROJECT, "test")
+        run_id = store.runs.request(PROJECT, "test")
         worker = _worker_process(settings, log_path)
         try:
             if moment == "checkpoint write":
@@ -77,21 +78,21 @@ def test_kill_9_of_the_worker_then_a_round_without_label_studio(settings, shapes
                 while not _half_written(staging, run_id) and time.monotonic() < deadline and worker.poll() is None:
                     time.sleep(0.005)
             else:
-                wait_for(lambda: store.get_training_run(run_id).epochs, timeout=240, what="the first epoch")
+                wait_for(lambda: store.runs.get(run_id).epochs, timeout=240, what="the first epoch")
         finally:
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
         assert worker.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
-        killed[moment] = {"run": run_id, "epochs_done": len(store.get_training_run(run_id).epochs),
+        killed[moment] = {"run": run_id, "epochs_done": len(store.runs.get(run_id).epochs),
                           "checkpoint_half_written": _half_written(staging, run_id)}
 
-        assert store.get_training_run(run_id).status == "running"  # until its lease runs out
+        assert store.runs.get(run_id).status == "running"  # until its lease runs out
         time.sleep(LEASE_SECONDS + 0.5)
-        assert store.claim_training_run("probe", LEASE_SECONDS, project_id=PROJECT) is None  # nothing queued
-        run = store.get_training_run(run_id)
+        assert store.runs.claim("probe", LEASE_SECONDS, project_id=PROJECT) is None  # nothing queued
+        run = store.runs.get(run_id)
         assert run.status == "failed" and "lease expired" in run.error
-        assert store.deployed_model(PROJECT).name == SEED_VERSION
-        assert store.get_model_version(checkpoint_name(PROJECT, run_id)) is None
+        assert store.models.deployed(PROJECT).name == SEED_VERSION
+        assert store.models.get(checkpoint_name(PROJECT, run_id)) is None
         assert not (settings.models_dir / checkpoint_name(PROJECT, run_id)).exists()
         assert ModelPool(settings, store).model_for(PROJECT).version == SEED_VERSION  # loads and serves
         with sqlite3.connect(settings.data_dir / "groundloop.db") as connection:
@@ -100,12 +101,12 @@ def test_kill_9_of_the_worker_then_a_round_without_label_studio(settings, shapes
     # Label Studio (and its media) down: the round trains on the stored annotations and the cached images
     down = replace(settings, label_studio_url=f"http://127.0.0.1:{free_port()}")
     caplog.set_level(logging.INFO)
-    store.request_training(PROJECT, "test")
+    store.runs.request(PROJECT, "test")
     outcome = Worker(down, store).run_once(project_id=PROJECT)
     assert outcome.status == "succeeded", outcome.error
     assert not any(staging.iterdir()), "the killed rounds' half-written checkpoints are removed"
     assert "Label Studio sync failed" in caplog.text
-    assert store.deployed_model(PROJECT).name == outcome.model_version
+    assert store.models.deployed(PROJECT).name == outcome.model_version
     assert ModelPool(down, store).model_for(PROJECT).version == outcome.model_version
     figures["worker_kill"] = killed
     figures["round_with_label_studio_down"] = outcome.status

@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 import supervision as sv
 
-from active_learning.dataset import build_dataset
+from active_learning.training.dataset import build_dataset
 from active_learning.images import ImageCache
-from active_learning.interchange import (
-    InterchangeError,
-    export_project,
-    import_csv,
-    import_voc,
-    imported_id,
-    parse_classes,
-)
+from active_learning.labelstudio.config import parse_classes
+from model import ClassSpec
+from active_learning.tools.export import export_project
+from active_learning.tools.importing import InterchangeError, import_csv, import_voc, imported_id
 from backend.cli import main
 from tests.interchange.conftest import voc_xml, write_png
 
@@ -68,31 +64,31 @@ def test_voc_import_stores_tasks_and_reports_every_skip(store, cache, voc_dir):
     }
     assert "5 skipped: 2 unknown class, 1 " in report.summary()
 
-    tasks = {Path(t.data["imported_from"]).name: t for t in map(store.get_task, store.task_ids(7))}
+    tasks = {Path(t.data["imported_from"]).name: t for t in map(store.tasks.get, store.tasks.ids(7))}
     assert set(tasks) == {"good.png", "empty.png"}
     good = tasks["good.png"]
     assert good.id < 0 and good.id == imported_id(7, good.image_url)
     assert good.image_url.startswith("import://") and (good.width, good.height) == SIZE
-    boxes = {b["label"]: b["box"] for b in store.get_annotation(good.id).boxes}
+    boxes = {b["label"]: b["box"] for b in store.annotations.get(good.id).boxes}
     assert boxes["with_mask"] == pytest.approx([10, 10, 30, 20], abs=0.01)
     assert boxes["without_mask"] == pytest.approx([40, 4, 64, 48], abs=0.01)
-    assert store.get_annotation(tasks["empty.png"].id).boxes == []
-    assert store.get_project(7).classes[1] == {"name": "without_mask", "aliases": ["bare face"], "control": "label"}
+    assert store.annotations.get(tasks["empty.png"].id).boxes == []
+    assert store.projects.schema(7).control("label").classes[1] == ClassSpec("without_mask", ("bare face",))
 
 
 def test_reimport_is_idempotent_and_picks_up_changed_labels(store, cache, voc_dir):
     import_voc(store, cache, 7, voc_dir, classes=CLASSES)
-    ids = store.task_ids(7)
+    ids = store.tasks.ids(7)
 
     again = import_voc(store, cache, 7, voc_dir)  # the project knows its classes now
     assert (again.new, again.updated, again.unchanged) == (0, 0, 2)
-    assert store.task_ids(7) == ids
-    assert len(store.annotations(7)) == 2
+    assert store.tasks.ids(7) == ids
+    assert len(store.annotations.of_project(7)) == 2
 
     (voc_dir / "annotations" / "empty.xml").write_text(voc_xml("empty.png", SIZE, [("with_mask", (1, 1, 9, 9))]))
     changed = import_voc(store, cache, 7, voc_dir)
     assert (changed.new, changed.updated, changed.unchanged) == (0, 1, 1)
-    assert store.task_ids(7) == ids
+    assert store.tasks.ids(7) == ids
 
 
 def test_voc_beside_its_images_and_duplicates(store, cache, tmp_path):
@@ -143,7 +139,7 @@ def test_csv_import(store, cache, tmp_path):
         "boxes.csv:7": "size mismatch",
         "boxes.csv:8": "missing image file",
     }
-    [task] = store.labeled_tasks(9)
+    [task] = store.tasks.labeled(9)
     assert sorted((b["label"], b["box"]) for b in task.boxes) == [
         ("with_mask", pytest.approx([1, 2, 20, 30], abs=0.01)),
         ("without_mask", pytest.approx([30, 10, 60, 40], abs=0.01)),
@@ -187,23 +183,31 @@ def test_export_round_trips(store, cache, voc_dir, tmp_path, fmt):
             {"with_mask", "without_mask"}
     else:
         read = sv.DetectionDataset.from_pascal_voc(str(out / "images"), str(out / "annotations"))
+    # every image is named <task id>_<original name>
+    task_ids = {Path(t.data["imported_from"]).name: t.id for t in map(store.tasks.get, store.tasks.ids(7))}
+    names = {original: f"{task_id}_{original}" for original, task_id in task_ids.items()}
     boxes = {Path(path).name: detections for path, detections in read.annotations.items()}
-    assert set(boxes) == {"good.png", "empty.png"}
-    assert len(boxes["empty.png"]) == 0
-    good = boxes["good.png"]
+    assert set(boxes) == set(names.values())
+    assert len(boxes[names["empty.png"]]) == 0
+    good = boxes[names["good.png"]]
     assert [read.classes[i] for i in good.class_id] == ["with_mask", "without_mask"]
     np.testing.assert_allclose(good.xyxy, [[10, 10, 30, 20], [40, 4, 64, 48]], atol=0.01)
-    assert (out / "images" / "good.png").read_bytes() == (voc_dir / "images" / "good.png").read_bytes()
+    assert (out / "images" / names["good.png"]).read_bytes() == (voc_dir / "images" / "good.png").read_bytes()
+    if fmt == "coco":  # and carries its task id and original name
+        images = json.loads((out / "annotations.json").read_text())["images"]
+        assert {(i["file_name"], i["label_studio_task_id"], i["original_file_name"]) for i in images} == \
+            {(names[original], task_id, original) for original, task_id in task_ids.items()}
 
 
 def test_export_names_label_studio_images_by_their_file(store, cache, tmp_path):
-    """A task that came from Label Studio keeps its upload's file name; its image is read from the cache."""
-    from active_learning.events import parse_annotation, parse_task
+    """A task that came from Label Studio is named by its id and its upload's file name (Label Studio's prefix
+    removed); its image is read from the cache."""
+    from active_learning.labelstudio.records import parse_annotation, parse_task
 
     image = write_png(tmp_path / "x.png", SIZE, seed=5)
     url = "/data/upload/3/8d2f1c0a-street.png"
     cache.put(url, image.read_bytes())
-    store.upsert_project(3, "".join(["<View><Image name='image' value='$image'/>",
+    store.projects.set_label_config(3, "".join(["<View><Image name='image' value='$image'/>",
                                      "<RectangleLabels name='label' toName='image'><Label value='car'/>",
                                      "</RectangleLabels></View>"]))
     task = parse_task({"id": 12, "project": 3, "data": {"image": url}}, 3)
@@ -212,13 +216,13 @@ def test_export_names_label_studio_images_by_their_file(store, cache, tmp_path):
                                                 "rectanglelabels": ["car"]}}]
     annotation = parse_annotation({"id": 40, "task": 12, "project": 3, "result": result,
                                    "updated_at": "2026-11-21T10:00:00Z"}, 3)
-    store.save_annotation(None, task, annotation)
+    store.annotations.save(None, task, annotation)
 
     export_project(store, cache, 3, tmp_path / "out", "voc")
 
     read = sv.DetectionDataset.from_pascal_voc(str(tmp_path / "out" / "images"), str(tmp_path / "out" / "annotations"))
     [(path, detections)] = read.annotations.items()
-    assert Path(path).name == "8d2f1c0a-street.png"
+    assert Path(path).name == "12_street.png"
     np.testing.assert_allclose(detections.xyxy, [[16, 24, 48, 36]])
 
 

@@ -11,7 +11,7 @@ import pytest
 import supervision as sv
 from PIL import Image
 
-from active_learning.label_config import parse_label_config
+from active_learning.labelstudio.config import parse_label_config
 from backend.cli import main
 from model import Detector
 from model.synthetic import make_shapes_image
@@ -57,7 +57,7 @@ def test_predict_writes_tasks_coco_and_previews_and_resumes(images_dir, tmp_path
         regions += prediction["result"]
     assert regions, "the low thresholds should give boxes"
     for region in regions:
-        assert (region["from_name"], region["to_name"], region["type"]) == (control.name, control.to_name,
+        assert (region["from_name"], region["to_name"], region["type"]) == (control.name, config.image_name,
                                                                           "rectanglelabels")
         assert region["value"]["rectanglelabels"][0] in NAMES
         assert (region["original_width"], region["original_height"]) == (96, 96)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from active_learning.corrections import compare_boxes, correction_stats
+from active_learning.reports.corrections import compare_boxes, correction_stats
 from active_learning.store import Store
 
 
@@ -72,9 +72,9 @@ def _annotate(store: Store, webhook, annotation_id: int, task_id: int, result: l
 def test_stats_per_model_version_from_served_and_sent_predictions(sqlite_store: Store, webhook) -> None:
     store = sqlite_store
     # Task 1: we served v1 (a stale v0 prediction too), the annotator kept it.
-    store.save_prediction(project_id=1, task_id=1, image_url="/a.png", model_version="v0", params_key="k",
+    store.predictions.save(project_id=1, task_id=1, image_url="/a.png", model_version="v0", params_key="k",
                           result=[region("dog", 50, 50, 90, 90)], score=0.3)
-    store.save_prediction(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
+    store.predictions.save(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
                           result=[region("cat", 10, 10, 50, 50)], score=0.9)
     _annotate(store, webhook, 1, 1, [region("cat", 10, 10, 50, 50)])
     # Task 2: Label Studio sent the starting prediction (model v2); the annotator relabeled and added a box.
@@ -82,15 +82,16 @@ def test_stats_per_model_version_from_served_and_sent_predictions(sqlite_store: 
     _annotate(store, webhook, 2, 2, [region("dog", 0, 0, 20, 20), region("cat", 60, 60, 80, 80)], prediction=sent)
     # Task 3: nothing served, no prediction sent: not counted. Task 4: a skip: not counted.
     _annotate(store, webhook, 3, 3, [region("cat", 0, 0, 20, 20)])
-    store.save_prediction(project_id=1, task_id=4, image_url="/d.png", model_version="v1", params_key="k",
+    store.predictions.save(project_id=1, task_id=4, image_url="/d.png", model_version="v1", params_key="k",
                           result=[region("cat", 0, 0, 20, 20)], score=0.5)
     _annotate(store, webhook, 4, 4, [], was_cancelled=True)
 
     stats = {version: summary.as_dict() for version, summary in correction_stats(store, 1).items()}
 
-    assert stats["v1"] == {"model_version": "v1", "annotations": 1, "unchanged_annotations": 1, "kept": 1, "moved": 0,
-                           "relabeled": 0, "deleted": 0, "added": 0, "predicted": 1, "final": 1,
-                           "precision": 1.0, "recall": 1.0}
+    counts = {"kept": 1, "moved": 0, "relabeled": 0, "deleted": 0, "added": 0, "predicted": 1, "final": 1,
+              "precision": 1.0, "recall": 1.0}
+    assert stats["v1"] == {"model_version": "v1", "annotations": 1, "unchanged_annotations": 1, **counts,
+                           "controls": {"label": counts}}
     assert stats["v2"]["relabeled"] == 1 and stats["v2"]["added"] == 1
     assert (stats["v2"]["precision"], stats["v2"]["recall"]) == (0.0, 0.0)
     assert set(stats) == {"v1", "v2"}
@@ -99,6 +100,6 @@ def test_stats_per_model_version_from_served_and_sent_predictions(sqlite_store: 
 def test_prediction_served_after_the_annotation_does_not_count(sqlite_store: Store, webhook) -> None:
     _annotate(sqlite_store, webhook, 1, 1, [region("cat", 10, 10, 50, 50)],
               created_at="2026-01-01T00:00:00Z", updated_at="2026-01-01T00:00:00Z")
-    sqlite_store.save_prediction(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
+    sqlite_store.predictions.save(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
                                  result=[region("cat", 10, 10, 50, 50)], score=0.9)  # served now, later
     assert correction_stats(sqlite_store, 1) == {}

@@ -216,6 +216,6 @@ def test_task_image_is_cached_and_noted_on_the_task(settings: Settings, media_se
     fetched = cache_task_image(sqlite_store, cache, 1)
     assert cache_labeled_images(sqlite_store, cache, 1) == []  # already cached: nothing fetched again
 
-    task = sqlite_store.get_task(1)
+    task = sqlite_store.tasks.get(1)
     assert (task.image_sha256, task.width, task.height) == (fetched.sha256, 16, 16)
     assert media_server.hits["/data/upload/1/4eeb0230-img1.png"] == 1

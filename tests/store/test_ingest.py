@@ -14,37 +14,37 @@ def test_annotation_created_is_stored_in_pixels(store: Store, webhook) -> None:
     result = store.ingest(webhook("annotation_created"))
 
     assert (result.action, result.handled) == ("ANNOTATION_CREATED", True)
-    annotation = store.get_annotation(1)
+    annotation = store.annotations.get(1)
     assert annotation.boxes == [{"label": "dog", "box": CREATED_BOX, "from_name": "label"}]
     assert (annotation.task_id, annotation.project_id, annotation.completed_by) == (1, 1, 1)
     assert annotation.lead_time == 3.2 and not annotation.was_cancelled and not annotation.deleted
     assert annotation.prediction is None  # Label Studio sent {}
     assert annotation.project_model_version == "capture"
     assert annotation.raw["unique_id"] == "b6ed422c-5db0-47ea-83a9-f83a0aebe8fb"
-    task = store.get_task(1)
+    task = store.tasks.get(1)
     assert (task.image_url, task.width, task.height) == ("/data/upload/1/4eeb0230-img1.png", 64, 48)
-    assert store.count_annotations(1) == 1
-    assert store.count_annotations(1, since=annotation.ingested_at) == 0
-    project = store.get_project(1)
+    assert store.annotations.count(1) == 1
+    assert store.annotations.count(1, since=annotation.ingested_at) == 0
+    project = store.projects.get(1)
     assert project.model_version == "capture" and "RectangleLabels" in project.label_config
-    assert [c["name"] for c in project.classes] == ["cat", "dog"]
+    assert [c.name for c in store.projects.schema(project.id).classes] == ["cat", "dog"]
 
 
 def test_update_replaces_the_boxes(store: Store, webhook) -> None:
     store.ingest(webhook("annotation_created"))
     store.ingest(webhook("annotation_updated"))
 
-    assert store.get_annotation(1).boxes == [{"label": "cat", "box": UPDATED_BOX, "from_name": "label"}]
-    assert len(store.annotations(1)) == 1
+    assert store.annotations.get(1).boxes == [{"label": "cat", "box": UPDATED_BOX, "from_name": "label"}]
+    assert len(store.annotations.of_project(1)) == 1
 
 
 def test_duplicate_and_out_of_order_events_leave_the_newest(store: Store, webhook) -> None:
     created, updated = webhook("annotation_created"), webhook("annotation_updated")
     for body in (updated, created, updated, created):  # update before its create, then repeats
         assert store.ingest(body).handled
-    annotation = store.get_annotation(1)
+    annotation = store.annotations.get(1)
     assert annotation.boxes[0]["label"] == "cat"
-    assert len(store.annotations(1)) == 1
+    assert len(store.annotations.of_project(1)) == 1
 
 
 def test_stale_update_after_a_newer_one_is_ignored(store: Store, webhook) -> None:
@@ -53,7 +53,7 @@ def test_stale_update_after_a_newer_one_is_ignored(store: Store, webhook) -> Non
     store.ingest(newer)
     store.ingest(webhook("annotation_updated"))  # older updated_at, label cat
 
-    assert store.get_annotation(1).boxes[0]["label"] == "dog"
+    assert store.annotations.get(1).boxes[0]["label"] == "dog"
 
 
 def test_prediction_it_started_from_is_kept(store: Store, webhook) -> None:
@@ -61,7 +61,7 @@ def test_prediction_it_started_from_is_kept(store: Store, webhook) -> None:
     store.ingest(webhook("annotation_created", prediction=start))
     store.ingest(webhook("annotation_updated"))  # sends prediction {} again
 
-    assert store.get_annotation(1).prediction == start
+    assert store.annotations.get(1).prediction == start
 
 
 def test_annotations_deleted_by_id_only(store: Store, webhook) -> None:
@@ -69,25 +69,25 @@ def test_annotations_deleted_by_id_only(store: Store, webhook) -> None:
     result = store.ingest(webhook("annotations_deleted"))
 
     assert result.handled and "1 of 1" in result.message
-    assert store.get_annotation(1).deleted
-    assert store.annotations(1) == [] and store.labeled_tasks(1) == []
+    assert store.annotations.get(1).deleted
+    assert store.annotations.of_project(1) == [] and store.tasks.labeled(1) == []
     store.ingest(webhook("annotation_updated"))  # a late update does not bring it back
-    assert store.get_annotation(1).deleted
+    assert store.annotations.get(1).deleted
 
 
 def test_skip_is_recorded_and_not_trained_on(store: Store, webhook) -> None:
     result = store.ingest(webhook("annotation_created", was_cancelled=True, result=[]))
 
     assert "skip" in result.message
-    assert store.get_annotation(1).was_cancelled
-    assert store.labeled_tasks(1) == [] and store.count_annotations(1) == 0
+    assert store.annotations.get(1).was_cancelled
+    assert store.tasks.labeled(1) == [] and store.annotations.count(1) == 0
 
 
 def test_start_training_queues_one_run(store: Store, webhook) -> None:
     first = store.ingest(webhook("start_training"))
     second = store.ingest(webhook("start_training"))
 
-    runs = store.training_runs(1)
+    runs = store.runs.of_project(1)
     assert first.handled and [r.status for r in runs] == ["queued"]
     assert str(runs[0].id) in first.message and first.message == second.message
     assert runs[0].trigger == "webhook"
@@ -97,8 +97,8 @@ def test_tasks_deleted_marks_task_and_its_annotations(store: Store, webhook) -> 
     store.ingest(webhook("annotation_created"))
     result = store.ingest(webhook("tasks_deleted"))
 
-    assert result.handled and store.get_task(1).deleted and store.get_annotation(1).deleted
-    assert store.task_ids(1) == []
+    assert result.handled and store.tasks.get(1).deleted and store.annotations.get(1).deleted
+    assert store.tasks.ids(1) == []
 
 
 def test_unknown_action_is_acknowledged(store: Store, webhook) -> None:
@@ -113,9 +113,9 @@ def test_other_control_types_are_kept_raw_not_trained_on(sqlite_store: Store, we
     body["annotation"]["result"].append(choice)
     sqlite_store.ingest(body)
 
-    annotation = sqlite_store.get_annotation(1)
+    annotation = sqlite_store.annotations.get(1)
     assert annotation.result[-1] == choice and len(annotation.boxes) == 1
-    assert sqlite_store.labeled_tasks(1)[0].boxes == annotation.boxes
+    assert sqlite_store.tasks.labeled(1)[0].boxes == annotation.boxes
 
 
 def test_rotated_box_becomes_its_bounding_box(sqlite_store: Store, webhook) -> None:
@@ -123,7 +123,7 @@ def test_rotated_box_becomes_its_bounding_box(sqlite_store: Store, webhook) -> N
     body["annotation"]["result"][0]["value"].update(x=50, y=0, width=25, height=50, rotation=90)
     sqlite_store.ingest(body)
     # 16 x 24 px at (32, 0) turned 90 degrees about its top-left corner: x from 8 to 32, y from 0 to 16
-    assert sqlite_store.get_annotation(1).boxes[0]["box"] == [8.0, 0.0, 32.0, 16.0]
+    assert sqlite_store.annotations.get(1).boxes[0]["box"] == [8.0, 0.0, 32.0, 16.0]
 
 
 @pytest.mark.parametrize(
@@ -160,12 +160,12 @@ def test_bulk_annotations_created(sqlite_store: Store, webhook) -> None:
             "task": [single["task"], {**single["task"], "id": 2}], "project": single["project"]}
 
     assert sqlite_store.ingest(body).message == "2 annotations saved"
-    assert [t.task_id for t in sqlite_store.labeled_tasks(1)] == [1, 2]
+    assert [t.task_id for t in sqlite_store.tasks.labeled(1)] == [1, 2]
 
 
 def test_sync_keeps_what_it_cannot_read(sqlite_store: Store, webhook) -> None:
     """A stand-in client (the real Label Studio path is in test_labelstudio.py): bad rows are reported, not lost."""
-    from active_learning.labelstudio import sync_project
+    from active_learning.labelstudio.sync import sync_project
 
     body = webhook("annotation_created")
     sqlite_store.ingest(body)
@@ -182,4 +182,4 @@ def test_sync_keeps_what_it_cannot_read(sqlite_store: Store, webhook) -> None:
 
     assert result.errors == ["annotation 1: annotation.result[0]: a rectanglelabels region needs value and "
                              "original_width/height"]
-    assert not sqlite_store.get_annotation(1).deleted and result.annotations_deleted == 0
+    assert not sqlite_store.annotations.get(1).deleted and result.annotations_deleted == 0

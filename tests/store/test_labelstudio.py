@@ -12,8 +12,9 @@ import requests
 from PIL import Image
 
 from active_learning.images import ImageCache, ImageFetcher, cache_labeled_images
-from active_learning.interchange import import_csv
-from active_learning.labelstudio import LabelStudioAuth, LabelStudioClient, LabelStudioError, sync_project
+from active_learning.tools.importing import import_csv
+from active_learning.labelstudio.client import LabelStudioAuth, LabelStudioClient, LabelStudioError
+from active_learning.labelstudio.sync import sync_project
 from active_learning.settings import Settings
 from active_learning.store import Store
 
@@ -49,7 +50,7 @@ def project(label_studio) -> dict:
 
 
 def _store_view(store: Store, project_id: int) -> dict[int, tuple]:
-    return {a.id: (a.task_id, a.was_cancelled, [b["label"] for b in a.boxes]) for a in store.annotations(project_id)}
+    return {a.id: (a.task_id, a.was_cancelled, [b["label"] for b in a.boxes]) for a in store.annotations.of_project(project_id)}
 
 
 def _ls_view(label_studio, project_id: int) -> dict[int, tuple]:
@@ -77,7 +78,7 @@ def test_sync_recovers_everything_missed_while_down(label_studio, project: dict,
                                        "cat,5,5,30,30,seed.png,64,48\n")
     seed_settings = Settings(data_dir=tmp_path)
     import_csv(store, ImageCache(seed_settings), pid, tmp_path / "seed.csv", tmp_path / "seed")
-    (imported,) = [a.id for a in store.annotations(pid) if a.id < 0]
+    (imported,) = [a.id for a in store.annotations.of_project(pid) if a.id < 0]
 
     # The backend is down: an update, a new annotation, a skip and a deletion happen meanwhile.
     label_studio.api("PATCH", f"/api/annotations/{first['id']}", json={"result": _box("dog", 40)})
@@ -89,17 +90,17 @@ def test_sync_recovers_everything_missed_while_down(label_studio, project: dict,
 
     assert {k: v for k, v in _store_view(store, pid).items() if k != imported} == _ls_view(label_studio, pid)
     assert (result.tasks, result.annotations, result.annotations_deleted) == (3, 3, 1)
-    assert not store.get_annotation(imported).deleted
-    assert store.get_annotation(doomed["id"]).deleted
-    assert store.get_annotation(first["id"]).boxes[0]["box"] == [25.6, 4.8, 41.6, 28.8]
-    assert sorted(t.task_id for t in store.labeled_tasks(pid)) == sorted([imported, t1, t2])  # a skip is no label
-    assert store.get_project(pid).classes[0]["name"] == "cat"
+    assert not store.annotations.get(imported).deleted
+    assert store.annotations.get(doomed["id"]).deleted
+    assert store.annotations.get(first["id"]).boxes[0]["box"] == [25.6, 4.8, 41.6, 28.8]
+    assert sorted(t.task_id for t in store.tasks.labeled(pid)) == sorted([imported, t1, t2])  # a skip is no label
+    assert store.projects.schema(pid).classes[0].name == "cat"
 
     # Images of labeled tasks are cached, so training does not need Label Studio.
     settings = Settings(data_dir=tmp_path, label_studio_url=label_studio.url, label_studio_api_key=label_studio.api_key)
     cache = ImageCache(settings)
     assert cache_labeled_images(store, cache, pid) == []
-    for task in store.labeled_tasks(pid):
+    for task in store.tasks.labeled(pid):
         assert task.image_sha256 and cache.path_for(task.image_sha256).is_file()
         assert (task.width, task.height) == (64, 48)
     store.close()

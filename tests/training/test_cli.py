@@ -18,6 +18,6 @@ def test_groundloop_train_runs_a_round_here_and_prints_its_progress(settings, sh
     assert main(argv) == 0  # rejected is a normal end
     out = capsys.readouterr().out
     assert f"training project {PROJECT}" in out and "epoch 1/1: loss" in out
-    (run,) = store.training_runs(PROJECT)
+    (run,) = store.runs.of_project(PROJECT)
     assert (run.trigger, run.status, run.train_size + run.val_size) == ("cli", "rejected", 8)
     assert f"run {run.id}: rejected ({run.model_version})" in out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from active_learning.simulation import TABLE_COLUMNS
+from active_learning.tools.demo import TABLE_COLUMNS
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,194 @@
+"""The project schema: what a Label Studio labeling config asks of a box detector, read once, used everywhere.
+
+Parsing goes through label-studio-sdk's ``LabelInterface`` (the same parser Label Studio uses). A schema is every
+``<RectangleLabels>`` control on the config's ``<Image>`` (its name, classes with aliases, threshold) and an
+optional ``<TextArea>`` on that image whose text is an interactive detection prompt (as in Label Studio's own
+Grounding DINO example). Serving, training, import, export and correction statistics all read a project through
+this one object, so a config with several controls is served, trained and exported alike.
+
+Conventions of the official ML backends: ``<Label value="car" predicted_values="automobile,truck"/>`` lets the
+model look for other phrases and still answer "car"; ``model_score_threshold="0.5"`` on the control tag sets the
+box threshold for that control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+from xml.sax.saxutils import quoteattr
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from model.prompts import ClassSpec
+
+
+class LabelConfigError(ValueError):
+    """The label config cannot be used; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class RectangleControl:
+    name: str
+    """The control's ``name``: Label Studio's ``from_name`` of the regions we return."""
+    classes: tuple[ClassSpec, ...]
+    score_threshold: float | None = None
+    """``model_score_threshold`` on the control tag, if set."""
+
+
+@dataclass(frozen=True)
+class PromptControl:
+    name: str
+
+
+@dataclass(frozen=True)
+class Category:
+    """One (control, label) pair: a COCO / VOC category of an export."""
+
+    control: str
+    label: str
+    name: str
+    """The label alone, or ``control/label`` when two controls share the label."""
+
+
+@dataclass(frozen=True)
+class ProjectSchema:
+    image_name: str
+    """The ``<Image>`` tag every rectangle control draws on: Label Studio's ``to_name``."""
+    image_key: str
+    """Key in ``task["data"]`` holding the image URL (``$image`` -> ``image``)."""
+    rectangle_controls: tuple[RectangleControl, ...]
+    prompt_control: PromptControl | None = None
+
+    def control(self, name: str | None = None) -> RectangleControl:
+        """The control called ``name``; the first one when ``name`` is None."""
+        if name is None:
+            return self.rectangle_controls[0]
+        for control in self.rectangle_controls:
+            if control.name == name:
+                return control
+        known = ", ".join(c.name for c in self.rectangle_controls)
+        raise LabelConfigError(f'the label config has no <RectangleLabels name="{name}"> (it has: {known})')
+
+    @property
+    def classes(self) -> list[ClassSpec]:
+        """What the detector looks for and trains on: every control's labels, a label shared by two controls
+        once (its aliases merged), since one phrase cannot be told apart from itself."""
+        merged: dict[str, tuple[str, ...]] = {}
+        for control in self.rectangle_controls:
+            for spec in control.classes:
+                aliases = merged.get(spec.name, ())
+                merged[spec.name] = aliases + tuple(a for a in spec.aliases if a not in aliases)
+        return [ClassSpec(name, aliases) for name, aliases in merged.items()]
+
+    def controls_with(self, label: str) -> list[RectangleControl]:
+        """The controls that offer ``label``: a detection of it becomes a region of each."""
+        return [c for c in self.rectangle_controls if any(spec.name == label for spec in c.classes)]
+
+    @property
+    def categories(self) -> list[Category]:
+        """One per (control, label), in config order."""
+        pairs = [(c.name, spec.name) for c in self.rectangle_controls for spec in c.classes]
+        shared = {label for _, label in pairs if sum(1 for _, other in pairs if other == label) > 1}
+        return [Category(control, label, f"{control}/{label}" if label in shared else label)
+                for control, label in pairs]
+
+
+def parse_label_config(xml: str) -> ProjectSchema | None:
+    """Parse ``xml``: None when it has no RectangleLabels (nothing to pre-annotate), LabelConfigError when broken."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("label config is empty")
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises lxml, pydantic and its own errors alike
+        raise LabelConfigError(f"label config cannot be parsed: {_one_line(exc)}") from None
+
+    images = {tag.name: tag for tag in interface.objects or [] if tag.tag.lower() == "image"}
+    rectangles, prompt, image = [], None, None
+    for control in interface.controls or []:
+        kind = control.tag.lower()
+        if kind == "rectanglelabels":
+            on = _image_tag(images, control, required=True)
+            if image is not None and on.name != image.name:
+                raise LabelConfigError(
+                    f'<RectangleLabels name="{control.name}"> draws on <Image name="{on.name}">, but '
+                    f'"{rectangles[0].name}" on <Image name="{image.name}">: groundloop pre-annotates one image '
+                    "per task")
+            image = on
+            rectangles.append(_rectangle_control(control))
+        elif kind == "textarea" and prompt is None and _image_tag(images, control, required=False):
+            prompt = control
+    if image is None:
+        return None
+    if not image.value_is_variable:
+        raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<task field>", not {image.value!r}')
+    on_image = prompt is not None and image.name in (prompt.to_name or [])
+    return ProjectSchema(image_name=image.name, image_key=image.value_name, rectangle_controls=tuple(rectangles),
+                         prompt_control=PromptControl(prompt.name) if on_image else None)
+
+
+def label_config_for(classes: Iterable[ClassSpec]) -> str:
+    """The Label Studio labeling config for these classes: image ``$image``, rectangles ``label`` -> ``image``."""
+    labels = []
+    for spec in classes:
+        aliases = f" predicted_values={quoteattr(','.join(spec.aliases))}" if spec.aliases else ""
+        labels.append(f"    <Label value={quoteattr(spec.name)}{aliases}/>")
+    return "\n".join(['<View>', '  <Image name="image" value="$image"/>',
+                      '  <RectangleLabels name="label" toName="image">', *labels, '  </RectangleLabels>', '</View>'])
+
+
+def parse_classes(text: str) -> list[ClassSpec]:
+    """``"car(automobile|truck),person"`` -> classes; the words in parentheses, separated by ``|``, are aliases
+    (extra phrases the model looks for, as ``predicted_values`` in a label config)."""
+    classes = []
+    for item in text.split(","):
+        name, _, rest = item.strip().partition("(")
+        name = name.strip()
+        if not name or (rest and not rest.endswith(")")) or ")" in name or "|" in name:
+            raise ValueError(f"class {item.strip()!r}: write NAME or NAME(alias|alias), classes separated by "
+                             "commas, e.g. 'car(automobile|truck),person'")
+        aliases = tuple(a.strip() for a in rest[:-1].split("|") if a.strip()) if rest else ()
+        classes.append(ClassSpec(name, aliases))
+    if len({c.name for c in classes}) != len(classes):
+        raise ValueError(f"classes {text!r}: a class is named twice")
+    return classes
+
+
+def _rectangle_control(control) -> RectangleControl:
+    classes = []
+    for label in (control.labels_attrs or {}).values():
+        name = label.attr.get("value") or label.value
+        aliases = tuple(a.strip() for a in label.attr.get("predicted_values", "").split(",") if a.strip())
+        classes.append(ClassSpec(name=name, aliases=aliases))
+    if not classes:
+        raise LabelConfigError(f'<RectangleLabels name="{control.name}"> has no <Label value="...">')
+    return RectangleControl(name=control.name, classes=tuple(classes), score_threshold=_threshold(control))
+
+
+def _image_tag(images: dict, control, *, required: bool):
+    """The ``<Image>`` the control draws on; None (or LabelConfigError when required) if it has none."""
+    for name in control.to_name or []:
+        if name in images:
+            return images[name]
+    if required:
+        raise LabelConfigError(
+            f'<{control.tag} name="{control.name}"> has toName={control.to_name} but no such <Image>'
+        )
+    return None
+
+
+def _threshold(control) -> float | None:
+    raw = control.attr.get("model_score_threshold")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LabelConfigError(f'model_score_threshold="{raw}" on "{control.name}" is not a number') from None
+    if not 0.0 <= value <= 1.0:
+        raise LabelConfigError(f'model_score_threshold="{raw}" on "{control.name}" is outside 0..1')
+    return value
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,177 @@
+"""How much annotators had to change the boxes we pre-annotated: the honest measure of a model's usefulness.
+
+For each annotation that started from a prediction we served, predicted and final boxes are paired one to
+one (Hungarian assignment on IoU, preferring pairs with the same label; only pairs with IoU >= 0.5 count).
+Each predicted box then is exactly one of:
+
+- **kept**: paired, same label, IoU >= 0.9 (the annotator left it, or nudged it by a pixel or two);
+- **moved**: paired, same label, 0.5 <= IoU < 0.9 (right object, box redrawn);
+- **relabeled**: paired, different label;
+- **deleted**: not paired;
+
+and each final box not paired is **added**. Boxes are paired within their control (``from_name``) only. Precision and recall at IoU 0.5 treat kept + moved as true
+positives: precision = TP / predicted boxes, recall = TP / final boxes. Summaries add counts over
+annotations (micro averages).
+
+The prediction an annotation started from is ``annotation.prediction`` when Label Studio sent one, else the
+newest prediction we served for its task with the project's model version, served before the annotation
+was created. Skipped and deleted annotations are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from pycocotools import mask as coco_mask
+from scipy.optimize import linear_sum_assignment
+
+from active_learning.labelstudio.regions import boxes_from_result
+
+if TYPE_CHECKING:
+    from active_learning.store import Store
+    from active_learning.store.tables import Annotation
+
+MATCH_IOU = 0.5
+KEPT_IOU = 0.9
+
+
+@dataclass
+class BoxChanges:
+    kept: int = 0
+    moved: int = 0
+    relabeled: int = 0
+    deleted: int = 0
+    added: int = 0
+    predicted: int = 0
+    final: int = 0
+
+    @property
+    def true_positives(self) -> int:
+        return self.kept + self.moved
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_positives / self.predicted if self.predicted else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.true_positives / self.final if self.final else None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.moved == self.relabeled == self.deleted == self.added == 0
+
+    def __iadd__(self, other: "BoxChanges") -> "BoxChanges":
+        for f in fields(BoxChanges):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+@dataclass
+class CorrectionSummary:
+    """The changes to one model version's predictions, over all annotations that started from them."""
+
+    model_version: str
+    annotations: int = 0
+    unchanged_annotations: int = 0
+    """Annotations where every predicted box was kept and none added."""
+    changes: BoxChanges = field(default_factory=BoxChanges)
+    by_control: dict[str, BoxChanges] = field(default_factory=dict)
+    """The same counts per ``<RectangleLabels>`` control (a box is compared only with boxes of its control)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "annotations": self.annotations,
+                "unchanged_annotations": self.unchanged_annotations, **_counts(self.changes),
+                "controls": {name: _counts(changes) for name, changes in sorted(self.by_control.items())}}
+
+
+def _counts(c: BoxChanges) -> dict[str, Any]:
+    return {**{f.name: getattr(c, f.name) for f in fields(BoxChanges)}, "precision": c.precision, "recall": c.recall}
+
+
+def compare_boxes(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> BoxChanges:
+    """Classify the change from ``predicted`` to ``final`` boxes (``{"label", "box": [x1, y1, x2, y2]}``)."""
+    changes = BoxChanges(predicted=len(predicted), final=len(final))
+    if not predicted or not final:
+        changes.deleted, changes.added = len(predicted), len(final)
+        return changes
+    iou = _box_iou(predicted, final)
+    same = np.array([[p["label"] == f["label"] for f in final] for p in predicted])
+    # The same-label bonus (< any IoU difference that matters) breaks near-ties towards correct pairs.
+    score = np.where(iou >= MATCH_IOU, iou + same.astype(float), 0.0)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    paired = 0
+    for r, c in zip(rows, cols):
+        if iou[r, c] < MATCH_IOU:
+            continue
+        paired += 1
+        if not same[r, c]:
+            changes.relabeled += 1
+        elif iou[r, c] >= KEPT_IOU:
+            changes.kept += 1
+        else:
+            changes.moved += 1
+    changes.deleted = len(predicted) - paired
+    changes.added = len(final) - paired
+    return changes
+
+
+def compare_by_control(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> dict[str, BoxChanges]:
+    """``compare_boxes`` within each control (``from_name``): a box never pairs with another control's box."""
+    controls = sorted({str(b.get("from_name")) for b in (*predicted, *final)})
+    return {control: compare_boxes([b for b in predicted if str(b.get("from_name")) == control],
+                                   [b for b in final if str(b.get("from_name")) == control])
+            for control in controls}
+
+
+def correction_stats(store: "Store", project_id: int) -> dict[str, CorrectionSummary]:
+    """Per model version, how annotators changed its predictions in this project."""
+    project = store.projects.get(project_id)
+    summaries: dict[str, CorrectionSummary] = {}
+    for annotation in store.annotations.of_project(project_id):
+        if annotation.was_cancelled:
+            continue
+        start = starting_prediction(store, annotation, project.model_version if project else None)
+        if start is None:
+            continue
+        version, result = start
+        task = store.tasks.get(annotation.task_id)
+        size = (task.width, task.height) if task and task.width and task.height else None
+        try:
+            predicted, _ = boxes_from_result(result, "prediction.result", size)
+        except ValueError:
+            continue  # a prediction we cannot place in pixels says nothing about corrections
+        summary = summaries.setdefault(version, CorrectionSummary(version))
+        changes = BoxChanges()
+        for control, counted in compare_by_control(predicted, annotation.boxes).items():
+            changes += counted
+            summary.by_control.setdefault(control, BoxChanges())
+            summary.by_control[control] += counted
+        summary.annotations += 1
+        summary.unchanged_annotations += changes.unchanged
+        summary.changes += changes
+    return summaries
+
+
+def starting_prediction(store: "Store", annotation: "Annotation",
+                        project_model_version: str | None) -> tuple[str, list[dict[str, Any]]] | None:
+    """``(model_version, result)`` of the prediction the annotation started from, if known."""
+    sent = annotation.prediction
+    if sent and isinstance(sent.get("result"), list):
+        return str(sent.get("model_version") or "unknown"), sent["result"]
+    version = annotation.project_model_version or project_model_version
+    if version is None:
+        return None
+    served = store.predictions.served(annotation.task_id, version, before=annotation.created_at)
+    return (version, served[0].result) if served else None
+
+
+def _box_iou(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> np.ndarray:
+    """IoU of every predicted box with every final one (pycocotools, as the mAP evaluation uses)."""
+    def xywh(boxes: Sequence[dict[str, Any]]) -> np.ndarray:
+        xyxy = np.array([b["box"] for b in boxes], dtype=np.float64).reshape(-1, 4)
+        return np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+
+    return np.asarray(coco_mask.iou(xywh(predicted), xywh(final), [0] * len(final)), dtype=float)

@@ -1,0 +1,132 @@
+"""What ``GET /status`` and ``groundloop status`` show, per project: which model version is deployed and which
+serves, the recent training rounds, every model version, and how much annotators corrected each version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable
+
+from active_learning.reports.corrections import correction_stats
+from active_learning.store import Store
+from active_learning.store.tables import ModelVersion, TrainingRun
+
+RECENT_RUNS = 10
+
+
+def collect_status(store: Store, project_ids: list[int] | None = None,
+                   serving_version: Callable[[int], str | None] | None = None) -> dict[str, Any]:
+    """``serving_version(project_id)``: what a server answers with now (the server knows the starting model's
+    version); without it, the deployed version, None meaning the starting model."""
+    ids = store.projects.ids() if project_ids is None else project_ids
+    return {"projects": [project_status(store, project_id, serving_version) for project_id in ids]}
+
+
+def project_status(store: Store, project_id: int,
+                   serving_version: Callable[[int], str | None] | None = None) -> dict[str, Any]:
+    project = store.projects.get(project_id)
+    deployed = store.models.deployed(project_id)
+    versions = store.models.versions(project_id)
+    by_name = {version.name: version for version in versions}
+    return {
+        "project": project_id,
+        "title": project.title if project else None,
+        "deployed_version": deployed.name if deployed else None,
+        "serving_version": serving_version(project_id) if serving_version else (deployed.name if deployed else None),
+        "label_studio_model_version": project.model_version if project else None,
+        "tasks": len(store.tasks.ids(project_id)),
+        "annotations": store.annotations.count(project_id),
+        "training_runs": [_run(run, by_name.get(run.model_version or ""))
+                          for run in store.runs.of_project(project_id)[:RECENT_RUNS]],
+        "model_versions": [_version(version) for version in versions],
+        "corrections": {name: summary.as_dict() for name, summary in correction_stats(store, project_id).items()},
+    }
+
+
+def _run(run: TrainingRun, candidate: ModelVersion | None) -> dict[str, Any]:
+    """A run; its best epoch, best and baseline metrics are those recorded with the candidate it produced."""
+    metrics = candidate.metrics if candidate else {}
+    return {
+        "id": run.id, "trigger": run.trigger, "status": run.status, "model_version": run.model_version,
+        "train_size": run.train_size, "val_size": run.val_size, "epochs": run.epochs,
+        "best_epoch": metrics.get("best_epoch"), "best": metrics.get("val"), "baseline": metrics.get("baseline"),
+        "error": run.error, "requested_at": _time(run.requested_at), "started_at": _time(run.started_at),
+        "finished_at": _time(run.finished_at),
+    }
+
+
+def _version(version: ModelVersion) -> dict[str, Any]:
+    return {"name": version.name, "status": version.status, "parent": version.parent, "metrics": version.metrics,
+            "created_at": _time(version.created_at)}
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat(sep=" ", timespec="seconds") if moment else None
+
+
+# --- as text, for the command line -------------------------------------------------------------------------
+
+def render_status(status: dict[str, Any]) -> str:
+    if not status["projects"]:
+        return "no projects yet (Label Studio has not called this backend)"
+    return "\n\n".join(_render_project(project) for project in status["projects"])
+
+
+def _render_project(p: dict[str, Any]) -> str:
+    title = f' "{p["title"]}"' if p["title"] else ""
+    lines = [
+        f"project {p['project']}{title}",
+        f"  deployed: {p['deployed_version'] or 'none (the starting model serves)'}",
+        f"  serving:  {p['serving_version'] or 'the starting model'}",
+        f"  Label Studio's model_version: {p['label_studio_model_version'] or '-'}",
+        f"  tasks: {p['tasks']}, annotations: {p['annotations']}",
+        "",
+        "  training runs (newest first):",
+        *_table(["run", "status", "trigger", "train/val", "epochs", "best epoch", "mAP", "baseline mAP", "finished",
+                 "error"],
+                [[r["id"], r["status"], r["trigger"], f"{_num(r['train_size'])}/{_num(r['val_size'])}",
+                  len(r["epochs"]), _num(r["best_epoch"]), _map(r["best"]), _map(r["baseline"]),
+                  r["finished_at"] or "-", (r["error"] or "")[:60]] for r in p["training_runs"]]),
+        "",
+        "  model versions:",
+        *_table(["name", "status", "parent", "val mAP", "created"],
+                [[v["name"], v["status"], v["parent"] or "-", _map(v["metrics"].get("val")), v["created_at"]]
+                 for v in p["model_versions"]]),
+        "",
+        "  corrections by annotators (boxes of each version's predictions):",
+        *_table(["model version", "annotations", "unchanged", "kept", "moved", "relabeled", "deleted", "added",
+                 "precision", "recall"],
+                [row for c in p["corrections"].values() for row in _correction_rows(c)]),
+    ]
+    return "\n".join(lines)
+
+
+def _correction_rows(c: dict[str, Any]) -> list[list[Any]]:
+    """A version's row, then one per control when the config has several."""
+    def row(name: str, counts: dict[str, Any], annotations: Any, unchanged: Any) -> list[Any]:
+        return [name, annotations, unchanged, counts["kept"], counts["moved"], counts["relabeled"], counts["deleted"],
+                counts["added"], _ratio(counts["precision"]), _ratio(counts["recall"])]
+
+    rows = [row(c["model_version"], c, c["annotations"], c["unchanged_annotations"])]
+    if len(c.get("controls", {})) > 1:
+        rows += [row(f"  control {name}", counts, "", "") for name, counts in c["controls"].items()]
+    return rows
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    if not rows:
+        return ["    (none)"]
+    cells = [headers, *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return ["    " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _map(metrics: dict | None) -> str:
+    return f"{metrics['map']:.3f}" if metrics and metrics.get("map") is not None else "-"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,89 @@
+"""What to predict for a project's tasks, worked out once per batch: the ``Job``.
+
+A job is the project's schema, the classes to look for (the schema's, or an interactive prompt's), the detection
+settings and each control's box threshold, and ``params_key``: the one cache-key recipe, a digest of everything
+besides the image and the weights that changes the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+from active_learning.labelstudio.config import ProjectSchema, label_config_for, parse_label_config
+from active_learning.settings import Settings
+from active_learning.store import Store
+from model.config import DetectionSettings
+from model.prompts import ClassSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    project_id: int | None
+    schema: ProjectSchema
+    classes: tuple[ClassSpec, ...]
+    detection: DetectionSettings
+    """One detect pass for all controls, at the lowest of their box thresholds ..."""
+    thresholds: dict[str, float]
+    """... then each control keeps the boxes above its own (``model_score_threshold``, else ours)."""
+    params_key: str
+
+
+def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None = None,
+             classes: list[ClassSpec] | None = None) -> Job:
+    """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's)."""
+    classes = tuple(classes if classes is not None else schema.classes)
+    thresholds = {c.name: settings.box_threshold if c.score_threshold is None else c.score_threshold
+                  for c in schema.rectangle_controls}
+    detection = settings.detection_settings(box_threshold=min(thresholds.values()))
+    key_source = {
+        "image": [schema.image_name, schema.image_key],
+        "controls": sorted(thresholds.items()),
+        "labels": [[c.name, [s.name for s in c.classes]] for c in schema.rectangle_controls],
+        "classes": [[c.name, list(c.aliases)] for c in classes],
+        "detection": dataclasses.asdict(detection),
+    }
+    params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
+    return Job(project_id, schema, classes, detection, thresholds, params_key)
+
+
+def project_job(settings: Settings, store: Store, schema: ProjectSchema, project_id: int | None,
+                typed_prompt: str | None = None) -> Job:
+    """The job for a project: its config's classes, or the interactive prompt when the config has one.
+
+    ``typed_prompt`` (what the annotator just typed) becomes the project's prompt; without it a config with a
+    prompt ``<TextArea>`` uses the prompt remembered for the project.
+    """
+    prompt = typed_prompt
+    if prompt and project_id is not None:
+        store.projects.set_prompt(project_id, prompt)
+        log.info("project %s: detection prompt is now %r", project_id, prompt)
+    elif not prompt and schema.prompt_control is not None and project_id is not None:
+        prompt = store.projects.prompt(project_id)
+    classes = classes_for_prompt(prompt, schema.classes) if prompt else None
+    return make_job(settings, schema, project_id, classes)
+
+
+def folder_job(settings: Settings, classes: list[ClassSpec]) -> Job:
+    """The job of ``groundloop predict``: the classes as one ``label`` control on ``image``."""
+    return make_job(settings, parse_label_config(label_config_for(classes)))
+
+
+def classes_for_prompt(prompt: str, labels: list[ClassSpec]) -> list[ClassSpec]:
+    """Prompt phrases -> classes. A phrase naming a label (or one of its aliases) is that label; any other phrase
+    is searched as typed and its boxes carry the phrase, for the annotator to relabel."""
+    by_phrase = {p.lower(): label for label in labels for p in (label.name, *label.aliases)}
+    classes: list[ClassSpec] = []
+    for phrase in (p.strip() for p in re.split(r"[,.;\n]", prompt)):
+        if not phrase:
+            continue
+        spec = by_phrase.get(phrase.lower(), ClassSpec(name=phrase))
+        if spec not in classes:
+            classes.append(spec)
+    return classes

@@ -1,0 +1,145 @@
+"""Which weights serve a project, and the detectors a server process holds.
+
+A project without a deployed version (``training.registry``) is served by the starting model (``Settings.model``:
+a hub id or a directory). Loading a version whose weights no longer match the digest recorded when it was
+registered fails. Server processes hold their detectors in a ``ModelPool``, which asks the store on every request which version serves the project: a version the worker
+deploys serves the next request, without a restart. A deployed version that fails to load is logged and the
+project is served by the version it was trained from (or the starting model) instead of failing requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from active_learning.settings import Settings
+from active_learning.store import Store
+from model.detector import Detector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """What serves a project now: a model source (hub id or directory) and its ``model_version``."""
+
+    source: str
+    version: str | None
+    """The registry name, or None for the starting model (its version then comes from its weights)."""
+    weights_digest: str | None = None
+    """What ``Detector.version_digest`` was when the version was registered; None for the starting model."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint's weights do not load, or are not the weights that were registered."""
+
+
+def starting_model_version(detector: Detector) -> str:
+    """``<short model name>-<12 hex of the weights>``: the same weights give the same version after a restart."""
+    short_name = Path(str(detector.source).rstrip("/")).name or "model"
+    return f"{short_name}-{detector.version_digest}"
+
+
+def serving_model(store: Store, settings: Settings, project_id: int | None) -> ServingModel:
+    deployed = store.models.deployed(project_id) if project_id is not None else None
+    if deployed is not None:
+        return ServingModel(deployed.path, deployed.name, (deployed.metrics or {}).get("weights_digest"))
+    return ServingModel(settings.model, None)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A detector in memory and the ``model_version`` its predictions carry."""
+
+    detector: Detector
+    version: str
+
+    @classmethod
+    def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
+        detector = Detector.load(serving.source, device=device)
+        if serving.weights_digest and detector.version_digest != serving.weights_digest:
+            raise CheckpointError(f"weights of {serving.version} changed on disk since they were registered "
+                                  f"(digest {detector.version_digest}, registered {serving.weights_digest})")
+        return cls(detector, serving.version or starting_model_version(detector))
+
+
+class ModelPool:
+    """The detectors one server process holds, and for each request the one that serves its project now.
+
+    ``model_for`` asks the store which version serves the project on every call (one indexed query), so a
+    version the worker deploys serves the next request without a restart. A new version is loaded first and
+    only then handed out; a request keeps the detector it got to its end, whatever the pool does meanwhile.
+    Each source is loaded once; the ``settings.loaded_models`` most recently used stay in memory.
+    """
+
+    def __init__(self, settings: Settings, store: Store, starting: Detector | None = None):
+        """``starting``: the starting model, when the caller has it loaded already."""
+        self.settings = settings
+        self.store = store
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time: two new versions' weights at once could exhaust memory
+        self._starting_version: str | None = None
+        self._replacements: dict[str, ServingModel] = {}  # a source that failed to load -> what serves instead
+        if starting is not None:
+            self._keep(settings.model, LoadedModel(starting, starting_model_version(starting)))
+
+    def model_for(self, project_id: int | None) -> LoadedModel:
+        """The model serving ``project_id`` now, loaded if needed (``None``: the starting model)."""
+        serving = self._serving(project_id)
+        with self._lock:
+            if serving.source in self._models:
+                self._models.move_to_end(serving.source)
+                return self._models[serving.source]
+        with self._load_lock:
+            with self._lock:  # another thread may have loaded it while this one waited
+                if serving.source in self._models:
+                    return self._models[serving.source]
+            log.info("loading %s (model_version %s) for project %s", serving.source,
+                     serving.version or "from its weights", project_id)
+            try:
+                return self._keep(serving.source, LoadedModel.load(serving, self.settings.device))
+            except Exception as exc:  # noqa: BLE001 - a broken version must not fail its project's requests
+                if serving.version is None:
+                    raise  # the starting model: nothing to fall back to
+                instead = self._previous(serving)
+                log.error("model version %s cannot be loaded (%s); project %s is served by %s instead until "
+                          "another version is deployed", serving.version, str(exc).splitlines()[0][:300],
+                          project_id, instead.version or self.settings.model)
+                self._replacements[serving.source] = instead
+        return self.model_for(project_id)  # each failure adds a replacement, ending at the starting model
+
+    def version_for(self, project_id: int | None) -> str:
+        """The ``model_version`` the project's next prediction carries; loads nothing but the starting model."""
+        version = self._serving(project_id).version
+        if version is not None:
+            return version
+        return self._starting_version or self.model_for(None).version
+
+    def _serving(self, project_id: int | None) -> ServingModel:
+        """What serves the project: the store's answer, unless that failed to load here before."""
+        serving = serving_model(self.store, self.settings, project_id)
+        while serving.source in self._replacements:
+            serving = self._replacements[serving.source]
+        return serving
+
+    def _previous(self, broken: ServingModel) -> ServingModel:
+        """The registry version ``broken`` was trained from, else the starting model."""
+        version = self.store.models.get(broken.version)
+        parent = self.store.models.get(version.parent) if version and version.parent else None
+        if parent is None:
+            return ServingModel(self.settings.model, None)
+        return ServingModel(parent.path, parent.name, (parent.metrics or {}).get("weights_digest"))
+
+    def _keep(self, source: str, model: LoadedModel) -> LoadedModel:
+        with self._lock:
+            self._models[source] = model
+            if source == self.settings.model:
+                self._starting_version = model.version
+            while len(self._models) > max(1, self.settings.loaded_models):
+                evicted, _ = self._models.popitem(last=False)
+                log.info("unloaded %s (least recently used)", evicted)
+        return model

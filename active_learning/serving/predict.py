@@ -1,0 +1,100 @@
+"""Images + a job -> Label Studio regions and a score: the one prediction path.
+
+/predict (and its background completion of tasks over the time budget), the worker's publish after a
+promotion, ``groundloop predict`` on a folder and the demo all call ``predict_images``; tasks go through
+``predict_task``, which stores the prediction (``predictions``, keyed by image URL, model version and the job's
+``params_key``), so a prediction computed by one of them is answered from the store by the others.
+
+A prediction is ``{"result": [rectangles], "score": s, "model_version": v}``: Label Studio's format for a
+/predict answer and for ``POST /api/predictions``. ``score`` is the detector's uncertainty in [0, 1]; LOW means
+"look at this task first", which is what Label Studio's "Uncertainty sampling" serves first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from active_learning.images import ImageError, ImageFetcher
+from active_learning.images.fetcher import short_url
+from active_learning.labelstudio.regions import regions_from_detections
+from active_learning.serving.jobs import Job
+from active_learning.store import Store
+
+if TYPE_CHECKING:
+    import supervision as sv
+    from PIL import Image
+
+    from active_learning.serving.pool import LoadedModel
+    from model import Detector
+
+log = logging.getLogger(__name__)
+
+
+class PredictionError(Exception):
+    """The task gets no prediction; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    result: list[dict]
+    """Label Studio rectangles, one per (detection, control that offers its label)."""
+    score: float
+    detections: "sv.Detections"
+
+    def as_prediction(self, model_version: str) -> dict:
+        return as_prediction(self.result, self.score, model_version)
+
+
+def predict_images(detector: "Detector", images: Sequence["Image.Image"], job: Job) -> list[ImagePrediction]:
+    """One detect pass over ``images`` (batched by the detector) and each image's regions and score."""
+    detections = detector.detect(list(images), list(job.classes), job.detection)
+    return [
+        ImagePrediction(
+            result=regions_from_detections(found, job.schema, image.width, image.height, thresholds=job.thresholds),
+            score=float(found.metadata["uncertainty"]),
+            detections=found,
+        )
+        for image, found in zip(images, detections)
+    ]
+
+
+def image_url(task: dict, job: Job) -> str:
+    url = task["data"].get(job.schema.image_key)
+    if not isinstance(url, str) or not url:
+        raise PredictionError(f"no image URL in data[{job.schema.image_key!r}]")
+    return url
+
+
+def stored_prediction(store: Store, task: dict, job: Job, model_version: str) -> dict | None:
+    """The prediction made before for this image, model version and job, if any."""
+    found = store.predictions.find(image_url(task, job), model_version, job.params_key)
+    return None if found is None else as_prediction(found["result"], found["score"], model_version)
+
+
+def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task: dict, job: Job) -> dict:
+    """Fetch the task's image, predict, store the prediction (when the task has an id) and return it.
+
+    Raises PredictionError when the image cannot be read or the detector fails on it: one odd image must not
+    cost the other tasks their predictions.
+    """
+    url = image_url(task, job)
+    try:
+        fetched = fetcher.fetch(url)
+    except ImageError as exc:
+        raise PredictionError(f"image {short_url(url)!r} cannot be read ({exc})") from None
+    try:
+        [predicted] = predict_images(model.detector, [fetched.image], job)
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
+        log.exception("detection failed on %r", short_url(url))
+        raise PredictionError(f"detection failed on {short_url(url)!r}: {type(exc).__name__}") from None
+    if isinstance(task.get("id"), int):
+        store.predictions.save(project_id=job.project_id, task_id=task["id"], image_url=url,
+                               model_version=model.version, params_key=job.params_key, result=predicted.result,
+                               score=predicted.score)
+    return predicted.as_prediction(model.version)
+
+
+def as_prediction(result: list, score: float, model_version: str) -> dict:
+    return {"result": result, "score": score, "model_version": model_version}

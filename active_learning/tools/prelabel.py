@@ -1,0 +1,143 @@
+"""``groundloop predict``: pre-label a folder of images without Label Studio running.
+
+Writes into ``out/``:
+
+* ``tasks.json``: a Label Studio import file, one task per image with our prediction (``model_version`` as the
+  server names the same starting model, so a project connected to groundloop does not ask for these tasks again);
+* ``label_config.xml``: the labeling config those predictions fit (``label`` rectangles on ``image``);
+* ``coco.json``: the boxes as COCO (file names relative to the images folder);
+* ``previews/``: each image with its boxes and labels drawn;
+* ``predictions/<image>.json``: one file per image, written last, so an interrupted run resumes where it stopped.
+  A cached prediction is reused while the image bytes, the model source, the classes and the detection settings
+  are the same; a run with nothing new to predict does not even load the model, and rewrites nothing.
+
+Task image URLs are ``url_prefix`` + file name; the default suits Label Studio's local files serving with
+``LOCAL_FILES_DOCUMENT_ROOT`` set to the images folder's parent (as docker/docker-compose.yml does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import supervision as sv
+
+from active_learning.images import ImageError, decode
+from active_learning.labelstudio.config import label_config_for
+from active_learning.labelstudio.regions import boxes_from_result
+from active_learning.progress import progress
+from active_learning.serving.jobs import folder_job
+from active_learning.serving.pool import starting_model_version
+from active_learning.serving.predict import predict_images
+from active_learning.settings import Settings
+from active_learning.tools import IMAGE_EXTENSIONS
+from model.detector import Detector
+from model.prompts import ClassSpec
+
+
+@dataclass
+class PrelabelReport:
+    predicted: int = 0
+    reused: int = 0
+    boxes: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self, out_dir: Path) -> str:
+        lines = [f"{self.predicted + self.reused} images pre-labeled ({self.predicted} predicted now, {self.reused} "
+                 f"from an earlier run), {self.boxes} boxes; written to {out_dir}"]
+        lines += [f"  skipped {line}" for line in self.failed]
+        return "\n".join(lines)
+
+
+def default_url_prefix(images_dir: Path) -> str:
+    return f"/data/local-files/?d={quote(Path(images_dir).resolve().name)}/"
+
+
+def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpec], out_dir: Path,
+                    url_prefix: str | None = None) -> PrelabelReport:
+    """Pre-label every image directly in ``images_dir`` (not in its subfolders) into ``out_dir``."""
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    prefix = default_url_prefix(images_dir) if url_prefix is None else url_prefix
+    job = folder_job(settings, classes)
+    key = f"{settings.model}:{job.params_key}"
+    files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    report, records, detector = PrelabelReport(), [], None
+    for path in progress(files, "pre-labeling", "image"):
+        cache_file = out_dir / "predictions" / f"{path.name}.json"
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        record = _read_record(cache_file, key, sha)
+        if record is None:
+            try:
+                image = decode(str(path), data, settings.max_image_pixels)
+            except ImageError as exc:
+                report.failed.append(f"{path.name}: {exc}")
+                continue
+            detector = detector or Detector.load(settings.model, device=settings.device)
+            try:
+                [predicted] = predict_images(detector, [image.image], job)
+            except Exception as exc:  # one odd image must not stop the folder
+                report.failed.append(f"{path.name}: detection failed ({type(exc).__name__}: {exc})")
+                continue
+            _save_preview(image.image, predicted.detections, out_dir / "previews" / path.name)
+            record = {"key": key, "sha256": sha, "width": image.width, "height": image.height,
+                      **predicted.as_prediction(starting_model_version(detector))}
+            _write_json(cache_file, record)
+            report.predicted += 1
+        else:
+            report.reused += 1
+        report.boxes += len(record["result"])
+        records.append((path, record))
+    tasks = [{"data": {job.schema.image_key: prefix + quote(path.name)},
+              "predictions": [{"model_version": r["model_version"], "score": r["score"], "result": r["result"]}]}
+             for path, r in records]
+    if tasks != _read_json(out_dir / "tasks.json"):
+        _write_outputs(tasks, records, classes, out_dir)
+    return report
+
+
+def _read_record(cache_file: Path, key: str, sha: str) -> dict | None:
+    record = _read_json(cache_file)
+    return record if isinstance(record, dict) and record.get("key") == key and record.get("sha256") == sha else None
+
+
+def _read_json(path: Path):
+    """The file's JSON, or None when it is missing or broken."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save_preview(image, detections: sv.Detections, path: Path) -> None:
+    labels = [f"{name} {score:.2f}" for name, score in zip(detections.data["class_name"], detections.confidence)]
+    drawn = sv.BoxAnnotator().annotate(image.copy(), detections)
+    drawn = sv.LabelAnnotator().annotate(drawn, detections, labels=labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawn.save(path)
+
+
+def _write_outputs(tasks: list[dict], records: list[tuple[Path, dict]], classes: list[ClassSpec],
+                   out_dir: Path) -> None:
+    _write_json(out_dir / "tasks.json", tasks)
+    (out_dir / "label_config.xml").write_text(label_config_for(classes) + "\n")
+    names = [c.name for c in classes]
+    annotations = {}
+    for path, record in records:
+        boxes, _ = boxes_from_result(record["result"])
+        annotations[str(path)] = sv.Detections(xyxy=np.array([b["box"] for b in boxes], dtype=float).reshape(-1, 4),
+                                               class_id=np.array([names.index(b["label"]) for b in boxes], dtype=int))
+    dataset = sv.DetectionDataset(classes=names, images=list(annotations), annotations=annotations)
+    dataset.as_coco(annotations_path=str(out_dir / "coco.json"))
+
+
+def _write_json(path: Path, value) -> None:
+    """Write to a temporary file, then rename: an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)

@@ -1,0 +1,97 @@
+"""A project's training data from the store: its humans' latest boxes on cached images, split for good.
+
+The split decides, from a hash of the task id alone, whether a task validates or trains, so every round of a
+project validates on the same tasks (scores of different rounds compare) and no task a model trained on is
+later used to judge it. Rule: a task validates if its hash value u (in [0, 1)) is below ``val_fraction``, or if
+it is among the ``val_min`` tasks of the project with the smallest u. A task that trains now can never move to
+validation later: new tasks only push existing ones further from the smallest-u set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import supervision as sv
+
+from active_learning.images import ImageCache, ImageError
+from active_learning.store import LabeledTask, Store
+from model import ClassSpec
+from model.training import TrainingExample
+
+log = logging.getLogger(__name__)
+
+
+def split_value(task_id: int) -> float:
+    """A task's fixed place in [0, 1): the first 8 bytes of sha256 of its id."""
+    digest = hashlib.sha256(f"task:{task_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_ids(task_ids: Sequence[int], val_fraction: float, val_min: int) -> set[int]:
+    ranked = sorted(task_ids, key=split_value)
+    return {t for t in ranked if split_value(t) < val_fraction} | set(ranked[:val_min])
+
+
+@dataclass
+class Dataset:
+    classes: list[ClassSpec]
+    train: list[TrainingExample]
+    validation: list[TrainingExample]
+    train_task_ids: list[int]
+    validation_task_ids: list[int]
+    skipped: list[str]
+    """One line per labeled task left out (image unreadable, unknown label), for the round's report."""
+
+
+def project_classes(store: Store, project_id: int) -> list[ClassSpec]:
+    """Every control's labels (``ProjectSchema.classes``): what the detector trains on."""
+    schema = store.projects.schema(project_id)
+    if schema is None:
+        raise ValueError(f"project {project_id} has no <RectangleLabels> in its label config in the store; "
+                         "open it in Label Studio once or run `groundloop sync --project N`")
+    return schema.classes
+
+
+def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int],
+             skipped: list[str]) -> TrainingExample | None:
+    try:
+        image = cache.get(task.image_url).image
+    except ImageError as error:
+        skipped.append(f"task {task.task_id}: image unavailable ({error})")
+        return None
+    boxes, class_ids = [], []
+    for box in task.boxes:
+        if box["label"] not in class_index:
+            skipped.append(f"task {task.task_id}: box label {box['label']!r} is not a class of the project; box left out")
+            continue
+        boxes.append(box["box"])
+        class_ids.append(class_index[box["label"]])
+    xyxy = np.clip(np.array(boxes, dtype=float).reshape(-1, 4), 0, [image.width, image.height] * 2)
+    return TrainingExample(image, sv.Detections(xyxy=xyxy, class_id=np.array(class_ids, dtype=int)))
+
+
+def build_dataset(store: Store, cache: ImageCache, project_id: int, val_fraction: float,
+                  val_min: int) -> Dataset:
+    """Every live labeled task of the project (the newest live, not skipped annotation each), split."""
+    classes = project_classes(store, project_id)
+    class_index = {c.name: i for i, c in enumerate(classes)}
+    tasks = store.tasks.labeled(project_id)
+    validate = validation_ids([t.task_id for t in tasks], val_fraction, val_min)
+    dataset = Dataset(classes, [], [], [], [], [])
+    for task in tasks:
+        example = _example(task, cache, class_index, dataset.skipped)
+        if example is None:
+            continue
+        if task.task_id in validate:
+            dataset.validation.append(example)
+            dataset.validation_task_ids.append(task.task_id)
+        else:
+            dataset.train.append(example)
+            dataset.train_task_ids.append(task.task_id)
+    for line in dataset.skipped:
+        log.warning("project %d: %s", project_id, line)
+    return dataset

@@ -1,0 +1,144 @@
+"""One training round: data from the store, fine-tune, compare with what serves, promote or reject, report.
+
+A round runs in the worker process (never in a web request) under a lease in the database, so two workers
+never train the same project at once. Whatever happens, the run ends with a status: ``succeeded`` (the
+candidate beat the deployed model by the promotion margin and now serves), ``rejected`` (it did not; serving
+is unchanged) or ``failed`` (an error; its text is kept). Checkpoints are written under a staging directory
+and only moved into the registry complete, so a crash never leaves a half-written deployed model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from active_learning.images import ImageCache, cache_labeled_images
+from active_learning.serving.pool import LoadedModel, serving_model
+from active_learning.settings import Settings
+from active_learning.store import Store
+from active_learning.training.dataset import Dataset, build_dataset
+from active_learning.training.registry import checkpoint_name, register
+from active_learning.training.round_report import RoundReport, write_report
+from model.detector import Detector
+from model.training import EpochResult, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    run_id: int
+    status: str
+    model_version: str | None
+    report: RoundReport | None = None
+    error: str | None = None
+    announcements: list[str] = field(default_factory=list)
+
+
+class _LeaseKeeper:
+    """Renews the run's lease in a thread while training runs; a lost lease stops nothing but is logged."""
+
+    def __init__(self, store: Store, run_id: int, owner: str, lease_seconds: float):
+        self.store, self.run_id, self.owner, self.lease_seconds = store, run_id, owner, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            if not self.store.runs.renew_lease(self.run_id, self.owner, self.lease_seconds):
+                log.error("run %d: lease lost to another worker", self.run_id)
+
+
+def run_round(settings: Settings, store: Store, run_id: int, owner: str,
+              prepare: Callable[[int], None] | None = None,
+              after_epoch: Callable[[EpochResult], None] | None = None) -> RoundOutcome:
+    """Train the claimed run ``run_id`` to its end; never raises for a failure of the round itself.
+
+    ``prepare(project_id)`` runs first (reconciliation with Label Studio); ``after_epoch`` is a hook for
+    progress (and for tests that inject faults).
+    """
+    run = store.runs.get(run_id)
+    project_id = run.project_id
+    staging = settings.models_dir / ".staging" / f"run-{run_id}"
+    started = time.monotonic()
+    try:
+        with _LeaseKeeper(store, run_id, owner, settings.lease_seconds):
+            if prepare is not None:
+                prepare(project_id)
+            cache = ImageCache(settings)
+            for line in cache_labeled_images(store, cache, project_id):
+                log.warning("project %d: %s", project_id, line)
+            dataset = build_dataset(store, cache, project_id, settings.val_fraction, settings.val_min)
+            _check_enough(dataset, project_id)
+            store.runs.update(run_id, train_size=len(dataset.train), val_size=len(dataset.validation))
+            outcome = _train_and_decide(settings, store, run_id, project_id, dataset, staging, after_epoch, started)
+    except Exception as error:  # noqa: BLE001 - a round's failure is recorded, the worker goes on
+        log.exception("run %d (project %d) failed", run_id, project_id)
+        message = f"{type(error).__name__}: {error}"
+        store.runs.finish(run_id, "failed", error=message)
+        return RoundOutcome(run_id, "failed", None, error=message)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return outcome
+
+
+def _check_enough(dataset: Dataset, project_id: int) -> None:
+    if not dataset.train or not dataset.validation:
+        raise ValueError(
+            f"project {project_id} has {len(dataset.train)} training and {len(dataset.validation)} validation "
+            "images; a round needs at least one of each (label more tasks, or lower GROUNDLOOP_VAL_MIN)")
+
+
+def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id: int, dataset: Dataset,
+                      staging: Path, after_epoch, started: float) -> RoundOutcome:
+    serving = serving_model(store, settings, project_id)
+    deployed = LoadedModel.load(serving, settings.device)
+    deployed_version = deployed.version
+    baseline = evaluate(deployed.detector, dataset.validation, dataset.classes, settings.evaluation_settings())
+    log.info("run %d: deployed %s scores val mAP %.4f on %d images", run_id, deployed_version, baseline.map,
+             len(dataset.validation))
+    del deployed
+
+    candidate = Detector.load(serving.source, device=settings.device)
+
+    def on_epoch_end(epoch: EpochResult) -> None:
+        store.runs.update(run_id, epoch={
+            "epoch": epoch.epoch, "train_loss": epoch.train_loss, "seconds": round(epoch.seconds, 2),
+            **epoch.metrics.as_dict()})
+        if after_epoch is not None:
+            after_epoch(epoch)
+
+    result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging, settings.training_config(),
+                 settings.evaluation_settings(), on_epoch_end=on_epoch_end)
+    best = result.epochs[result.best_epoch - 1].metrics
+    promote = best.map > baseline.map + settings.promotion_margin
+    name = checkpoint_name(project_id, run_id)
+    metrics = {"val": best.as_dict(), "baseline": baseline.as_dict(), "best_epoch": result.best_epoch,
+               "train_size": len(dataset.train), "val_size": len(dataset.validation)}
+    register(store, settings, result.best_dir, name, project_id=project_id, parent=deployed_version,
+             metrics=metrics, deploy=promote)
+    status = "succeeded" if promote else "rejected"
+    report = RoundReport(
+        run_id=run_id, project_id=project_id, status=status, candidate=name, baseline_version=deployed_version,
+        baseline=baseline.as_dict(), epochs=store.runs.get(run_id).epochs, best_epoch=result.best_epoch,
+        train_size=len(dataset.train), val_size=len(dataset.validation), margin=settings.promotion_margin,
+        seconds=time.monotonic() - started, skipped=dataset.skipped,
+    )
+    write_report(report, settings.reports_dir)
+    store.runs.finish(run_id, status, model_version=name)
+    log.info("run %d: candidate %s val mAP %.4f vs deployed %.4f (+margin %.3f): %s", run_id, name, best.map,
+             baseline.map, settings.promotion_margin, "PROMOTED" if promote else "rejected, serving unchanged")
+    return RoundOutcome(run_id, status, name, report)

@@ -1,0 +1,44 @@
+"""The knobs of detection and fine-tuning, with their defaults written once (``Settings`` reads them from here).
+
+Plain dataclasses without heavy imports, so the command line can show them without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    box_threshold: float = 0.35
+    """A query becomes a box when its confidence is above this."""
+    text_threshold: float = 0.25
+    """...and every token of its winning phrase scores above this (see ``assignment.assign_classes``)."""
+    nms_iou: float = 0.5
+    """Boxes of the SAME class overlapping more than this are suppressed (the weaker one goes)."""
+    max_detections: int = 100
+    """At most this many boxes per image, the most confident."""
+    image_size: int = 0
+    """Shortest edge the model sees; 0 keeps the processor's default (800 for the released models)."""
+
+
+EVAL_SETTINGS = DetectionSettings(box_threshold=0.01, text_threshold=0.0, max_detections=100)
+"""mAP ranks every candidate, so validation keeps low-confidence boxes that serving would drop."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 0.1
+    patience: int = 3
+    """Stop after this many epochs without a better validation mAP."""
+    freeze_backbone: bool = True
+    freeze_text_encoder: bool = True
+    hflip_probability: float = 0.5
+    scale_jitter: float = 0.2
+    """Shortest edge drawn per batch from [size * (1 - j), size * (1 + j)]."""
+    seed: int = 0
+    device: str = "auto"
