@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,8 +157,9 @@ def train_one_epoch(model, processor, batches: Sequence[Batch], optimizer, accel
                     base_size: int, config: TrainingConfig, rng: random.Random, epoch: int) -> float:
     model.train()
     losses = []
+    # A bar only on a terminal: in a log file its updates would be thousands of lines (fit logs each epoch).
     progress = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                    disable=not accelerator.is_local_main_process)
+                    disable=not (accelerator.is_local_main_process and sys.stderr.isatty()))
     for step, batch in enumerate(progress, 1):
         jitter = rng.uniform(1 - config.scale_jitter, 1 + config.scale_jitter)
         batch = Batch(batch.prompt, [augment(e, rng, config.hflip_probability) for e in batch.examples],
