@@ -63,9 +63,9 @@ class Settings:
     basic_auth_pass: str = ""
     predict_budget_seconds: float = 80.0
     """Wall-clock budget for one /predict call (Label Studio gives up after 100 s)."""
-    max_pending_predicts: int = 4
-    """/predict calls a server process works on at once; one more is answered 503 with Retry-After at once
-    instead of waiting behind them. Below ``threads``, it keeps threads free for webhooks and /health."""
+    max_pending_predicts: int = 3
+    """/predict calls a server process works on at once (at most ``threads`` - 1, so webhooks and /health always find
+    a thread); one more is answered 503 with Retry-After at once instead of waiting behind them."""
     max_request_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted; a larger one is answered 413."""
     webhook_secret: str = ""

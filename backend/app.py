@@ -27,7 +27,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
     app = Flask(__name__)
     app.config["predictor"] = predictor
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # larger bodies: 413, never read into memory
-    predict_slots = threading.BoundedSemaphore(max(1, settings.max_pending_predicts))
+    predict_slots = threading.BoundedSemaphore(predict_slot_count(settings))
 
     @app.before_request
     def _start() -> Response | None:
@@ -55,7 +55,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
     def predict():
         if not predict_slots.acquire(blocking=False):  # a queue would only grow; the caller retries
             predictor.metrics.count("busy_refusals")
-            return _error(f"busy: {settings.max_pending_predicts} predictions already running, retry later", 503,
+            return _error(f"busy: {predict_slot_count(settings)} predictions already running, retry later", 503,
                           {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)})
         try:
             return jsonify(predictor.predict(_json_object()))
@@ -97,12 +97,21 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Flask:
 
 
 BUSY_RETRY_AFTER_SECONDS = 5
+
+
+def predict_slot_count(settings: Settings) -> int:
+    """/predict calls worked on at once: ``max_pending_predicts``, but always fewer than the threads, so that a
+    thread is free to answer webhooks, /health and the 503 itself at once."""
+    return max(1, min(settings.max_pending_predicts, settings.threads - 1))
 WEBHOOK_SECRET_HEADER = "X-Groundloop-Webhook-Secret"
 """Set it in Label Studio's webhook ``headers`` (``PATCH /api/webhooks/{id}``) when ``webhook_secret`` is set."""
 
 
 def _json_object() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # JSON nested deeper than Python's parser recurses
+        raise RequestError("the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
     return body

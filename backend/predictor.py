@@ -30,6 +30,7 @@ What a newcomer needs to know:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,8 +38,9 @@ from typing import Any
 from active_learning.images import ImageCache, ImageFetcher, cache_task_image
 from active_learning.labelstudio.client import LabelStudioClient
 from active_learning.labelstudio.config import LabelConfigError, ProjectSchema, PromptControl, parse_label_config
+from active_learning.labelstudio.records import MAX_ID
 from active_learning.reports.status import collect_status
-from active_learning.serving.jobs import Job, project_job
+from active_learning.serving.jobs import Job, PromptError, project_job
 from active_learning.serving.pool import LoadedModel, ModelPool
 from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
 from active_learning.settings import Settings
@@ -121,7 +123,10 @@ class Predictor:
         if project_id is not None:
             self.store.projects.set_label_config(project_id, config)
         typed_prompt = _prompt_from_context(schema.prompt_control, params.get("context"))
-        job = project_job(self.settings, self.store, schema, project_id, typed_prompt)
+        try:
+            job = project_job(self.settings, self.store, schema, project_id, typed_prompt)
+        except PromptError as exc:
+            raise RequestError(str(exc)) from None
         model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
         results = self._predict_tasks(tasks, job, model)
         if project_id is not None and any(results):
@@ -218,7 +223,8 @@ def _prompt_from_context(control: PromptControl | None, context: Any) -> str | N
         return None
     for item in context["result"]:
         if isinstance(item, dict) and item.get("from_name") == control.name and item.get("type") == "textarea":
-            text = (item.get("value") or {}).get("text")
+            value = item.get("value")
+            text = value.get("text") if isinstance(value, dict) else None
             lines = text if isinstance(text, list) else [text]
             prompt = " ".join(line.strip() for line in lines if isinstance(line, str) and line.strip())
             return prompt or None
@@ -245,6 +251,11 @@ _KIND_NAMES = {str: "string", list: "list"}
 
 
 def _project_id(raw: Any) -> int | None:
-    """Label Studio sends ``"<project id>.<created_at epoch>"``; None when absent or not of that form."""
-    head = str(raw).split(".", 1)[0] if raw is not None else ""
-    return int(head) if head.isdigit() else None
+    """Label Studio sends ``"<project id>.<created_at epoch>"``; None when absent or not of that form (ASCII
+    digits only, an id the store can hold)."""
+    found = _PROJECT_ID.match(raw) if isinstance(raw, str) else None
+    project_id = int(found.group(1)) if found else raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
+    return project_id if 0 < project_id < MAX_ID else None
+
+
+_PROJECT_ID = re.compile(r"([0-9]{1,10})(?:\.[0-9]*)?\Z")

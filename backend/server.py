@@ -32,6 +32,8 @@ class GunicornServer(BaseApplication):
             "timeout": WORKER_TIMEOUT,
             "loglevel": s.log_level.lower(),
             "accesslog": "-",
+            # no %(u)s: the basic-auth user field holds the whole secret when a client sends one without a colon
+            "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
         }.items():
             self.cfg.set(key, value)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: one fixed socket path per user

@@ -22,6 +22,14 @@ from label_studio_sdk.label_interface import LabelInterface
 from model.prompts import ClassSpec
 
 
+MAX_CONFIG_CHARS = 512_000
+MAX_PHRASES = 300
+"""Labels plus aliases a config may ask the detector for: each 256-token prompt is one more forward pass per
+image, so a config of thousands of labels would hold the detector for minutes per task."""
+MAX_ALIASES = 20
+"""``predicted_values`` of one label."""
+
+
 class LabelConfigError(ValueError):
     """The label config cannot be used; the message says why in one line."""
 
@@ -97,6 +105,8 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
     """Parse ``xml``: None when it has no RectangleLabels (nothing to pre-annotate), LabelConfigError when broken."""
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("label config is empty")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"label config is {len(xml)} characters, more than the {MAX_CONFIG_CHARS} accepted")
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises lxml, pydantic and its own errors alike
@@ -121,6 +131,10 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
         return None
     if not image.value_is_variable:
         raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<task field>", not {image.value!r}')
+    phrases = sum(1 + len(spec.aliases) for control in rectangles for spec in control.classes)
+    if phrases > MAX_PHRASES:
+        raise LabelConfigError(f"the label config asks for {phrases} labels and aliases, more than the {MAX_PHRASES} "
+                               "groundloop detects per image")
     on_image = prompt is not None and image.name in (prompt.to_name or [])
     return ProjectSchema(image_name=image.name, image_key=image.value_name, rectangle_controls=tuple(rectangles),
                          prompt_control=PromptControl(prompt.name) if on_image else None)
@@ -158,6 +172,9 @@ def _rectangle_control(control) -> RectangleControl:
     for label in (control.labels_attrs or {}).values():
         name = label.attr.get("value") or label.value
         aliases = tuple(a.strip() for a in label.attr.get("predicted_values", "").split(",") if a.strip())
+        if len(aliases) > MAX_ALIASES:
+            raise LabelConfigError(f'<Label value="{name[:60]}"> has {len(aliases)} predicted_values, more than '
+                                   f"{MAX_ALIASES}")
         classes.append(ClassSpec(name=name, aliases=aliases))
     if not classes:
         raise LabelConfigError(f'<RectangleLabels name="{control.name}"> has no <Label value="...">')

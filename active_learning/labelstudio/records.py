@@ -8,10 +8,15 @@ rectangles become pixel boxes through ``regions``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from datetime import datetime, timezone
 from typing import Any
 
 from active_learning.labelstudio.regions import boxes_from_result
+
+MAX_ID = 2**31
+MAX_REGIONS = 10_000
+"""Regions one annotation or prediction may hold: far beyond any human's, short of exhausting memory."""
 
 
 @dataclass(frozen=True)
@@ -65,31 +70,19 @@ def parse_task(obj: Any, project_id: int | None, where: str = "task") -> TaskRec
     project = obj.get("project", project_id)
     if isinstance(project, dict):  # some API views nest the project
         project = project.get("id", project_id)
-    if not isinstance(project, int) or isinstance(project, bool):
-        raise ValueError(f"{where}.project: expected an integer, got {project!r}")
-    return TaskRecord(id=_int(obj, "id", where), project_id=project, data=data)
+    return TaskRecord(id=_int(obj, "id", where), project_id=check_id(project, f"{where}.project"), data=data)
 
 
 def parse_annotation(obj: Any, project_id: int | None, where: str = "annotation") -> AnnotationRecord:
     """``project_id`` comes from the envelope when the annotation itself does not name its project."""
     obj = _dict(obj, where)
     task = obj.get("task")
-    task_id = task.get("id") if isinstance(task, dict) else task
-    if not isinstance(task_id, int) or isinstance(task_id, bool):
-        raise ValueError(f"{where}.task: expected a task id, got {task!r}")
-    project = obj.get("project")
-    if project is None:
-        project = project_id
-    if not isinstance(project, int) or isinstance(project, bool):
-        raise ValueError(f"{where}.project: expected a project id, got {project!r}")
-    result = obj.get("result") or []
-    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
-        raise ValueError(f"{where}.result: expected a list of objects")
+    task_id = check_id(task.get("id") if isinstance(task, dict) else task, f"{where}.task")
+    project = check_id(project_id if obj.get("project") is None else obj["project"], f"{where}.project")
+    result = _regions(obj.get("result") or [], f"{where}.result")
     created = _time(obj, "created_at", where, required=False)
     updated = _time(obj, "updated_at", where, required=created is None) or created
-    prediction = obj.get("prediction")
-    if prediction is not None and not isinstance(prediction, dict):
-        raise ValueError(f"{where}.prediction: expected an object, got {_kind(prediction)}")
+    prediction = _prediction(obj.get("prediction"), f"{where}.prediction")
     boxes, size = boxes_from_result(result, f"{where}.result")
     completed_by = obj.get("completed_by")
     if isinstance(completed_by, dict):  # the API may expand the user
@@ -103,11 +96,11 @@ def parse_annotation(obj: Any, project_id: int | None, where: str = "annotation"
         boxes=boxes,
         image_size=size,
         was_cancelled=bool(obj.get("was_cancelled", False)),
-        completed_by=completed_by if isinstance(completed_by, int) else None,
-        lead_time=float(lead_time) if isinstance(lead_time, (int, float)) else None,
+        completed_by=completed_by if isinstance(completed_by, int) and 0 < completed_by < MAX_ID else None,
+        lead_time=float(lead_time) if _finite(lead_time) else None,
         created_at=created or updated,
         updated_at=updated,
-        prediction=prediction or None,  # Label Studio sends {} when there was none
+        prediction=prediction,
         raw=obj,
     )
 
@@ -127,6 +120,36 @@ def ids_of(items: Any, where: str) -> list[int]:
     return [_int(_dict(item, f"{where}[{i}]"), "id", f"{where}[{i}]") for i, item in enumerate(items)]
 
 
+def check_id(value: Any, where: str) -> int:
+    """A Label Studio id: a positive integer below 2**31 (Label Studio's ids, and the store's INTEGER columns)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < MAX_ID:
+        raise ValueError(f"{where}: expected a positive integer id below 2**31, got {_clip(value)}")
+    return value
+
+
+def _regions(result: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+        raise ValueError(f"{where}: expected a list of objects")
+    if len(result) > MAX_REGIONS:
+        raise ValueError(f"{where}: {len(result)} regions, more than the {MAX_REGIONS} groundloop accepts")
+    return result
+
+
+def _prediction(prediction: Any, where: str) -> dict[str, Any] | None:
+    """The prediction an annotation started from, checked so that nothing stored can break statistics later."""
+    if prediction is None or prediction == {}:  # Label Studio sends {} when there was none
+        return None
+    prediction = _dict(prediction, where)
+    _regions(prediction.get("result") or [], f"{where}.result")
+    _optional(prediction, "model_version", str, where)
+    return prediction
+
+
+def _clip(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _dict(obj: Any, where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object, got {_kind(obj)}")
@@ -134,10 +157,7 @@ def _dict(obj: Any, where: str) -> dict[str, Any]:
 
 
 def _int(obj: dict[str, Any], key: str, where: str) -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{where}.{key}: expected an integer, got {value!r}")
-    return value
+    return check_id(obj.get(key), f"{where}.{key}")
 
 
 def _optional(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -161,3 +181,7 @@ def _time(obj: dict[str, Any], key: str, where: str, *, required: bool) -> datet
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -11,6 +11,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping
 
+MAX_PERCENT = 1000.0
+"""Coordinates beyond ±1000 % of the image (or rotations beyond ±1000°) are no drawing, they are garbage."""
+MAX_SIDE = 100_000
+"""Pixels an image side may claim to have."""
+
 if TYPE_CHECKING:
     import supervision as sv
 
@@ -27,11 +32,15 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
     non-finite numbers included.
     """
     boxes: list[dict[str, Any]] = []
+    if not isinstance(result, list):
+        raise ValueError(f"{where}: expected a list of regions")
     for i, region in enumerate(result):
+        if not isinstance(region, dict):
+            raise ValueError(f"{where}[{i}]: expected an object")
         if "original_width" in region or "original_height" in region:
             width, height = region.get("original_width"), region.get("original_height")
-            if not all(_finite(v) and v > 0 for v in (width, height)):
-                raise ValueError(f"{where}[{i}].original_width/height: expected positive numbers")
+            if not all(_finite(v) and 0 < v <= MAX_SIDE for v in (width, height)):
+                raise ValueError(f"{where}[{i}].original_width/height: expected positive numbers up to {MAX_SIDE}")
             size = (int(width), int(height))
         if region.get("type") != "rectanglelabels":
             continue
@@ -43,8 +52,9 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
             rotation = float(value.get("rotation") or 0.0)
         except (KeyError, TypeError, ValueError, OverflowError):
             raise ValueError(f"{where}[{i}].value: needs numeric x, y, width, height") from None
-        if not all(math.isfinite(v) for v in (x, y, w, h, rotation)):
-            raise ValueError(f"{where}[{i}].value: x, y, width, height and rotation must be finite numbers")
+        if not all(math.isfinite(v) and abs(v) <= MAX_PERCENT for v in (x, y, w, h, rotation)) or w < 0 or h < 0:
+            raise ValueError(f"{where}[{i}].value: x, y, width, height and rotation must be finite numbers within "
+                             f"±{MAX_PERCENT:g} (percent of the image; degrees), width and height not negative")
         labels = value.get("rectanglelabels") or []
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ValueError(f"{where}[{i}].value.rectanglelabels: expected a list of strings")

@@ -61,6 +61,8 @@ def project_job(settings: Settings, store: Store, schema: ProjectSchema, project
     prompt ``<TextArea>`` uses the prompt remembered for the project.
     """
     prompt = typed_prompt
+    if prompt:
+        classes_for_prompt(prompt, schema.classes)  # a prompt past the limits is refused, never remembered
     if prompt and project_id is not None:
         store.projects.set_prompt(project_id, prompt)
         log.info("project %s: detection prompt is now %r", project_id, prompt)
@@ -75,9 +77,21 @@ def folder_job(settings: Settings, classes: list[ClassSpec]) -> Job:
     return make_job(settings, parse_label_config(label_config_for(classes)))
 
 
+MAX_PROMPT_CHARS = 2000
+MAX_PROMPT_PHRASES = 50
+"""An interactive prompt is a few phrases typed by a person; one of thousands would hold the detector for minutes
+(and is remembered for the project), so it is refused."""
+
+
+class PromptError(ValueError):
+    """The typed prompt is too long; the message says the limits."""
+
+
 def classes_for_prompt(prompt: str, labels: list[ClassSpec]) -> list[ClassSpec]:
     """Prompt phrases -> classes. A phrase naming a label (or one of its aliases) is that label; any other phrase
     is searched as typed and its boxes carry the phrase, for the annotator to relabel."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptError(f"the prompt has {len(prompt)} characters, more than {MAX_PROMPT_CHARS}")
     by_phrase = {p.lower(): label for label in labels for p in (label.name, *label.aliases)}
     classes: list[ClassSpec] = []
     for phrase in (p.strip() for p in re.split(r"[,.;\n]", prompt)):
@@ -86,4 +100,6 @@ def classes_for_prompt(prompt: str, labels: list[ClassSpec]) -> list[ClassSpec]:
         spec = by_phrase.get(phrase.lower(), ClassSpec(name=phrase))
         if spec not in classes:
             classes.append(spec)
+    if len(classes) > MAX_PROMPT_PHRASES:
+        raise PromptError(f"the prompt has {len(classes)} phrases, more than {MAX_PROMPT_PHRASES}")
     return classes
