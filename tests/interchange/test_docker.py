@@ -1,5 +1,6 @@
-"""docker/: no Docker engine here, so check what can be checked without one: the compose file parses, every command
-it runs is a real ``groundloop`` command, every groundloop/Label Studio variable it sets is a Settings field."""
+"""docker/: no Docker engine here, so check what can be checked without one: the compose files parse, the GPU
+override turns the CPU services into GPU ones under Compose's merge rules, every command they run is a real
+``groundloop`` command, every groundloop/Label Studio variable they set is a Settings field."""
 
 from __future__ import annotations
 
@@ -17,34 +18,111 @@ from backend.cli import main, parse
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 SETTINGS_ENV = {env_name(f.name) for f in dataclasses.fields(Settings)}
+BASE, GPU = "docker-compose.yml", "docker-compose.gpu.yml"
+# The only service keys the GPU override may set: for these, _compose_merge follows Compose's rules exactly.
+OVERRIDABLE = {"build", "image", "environment", "deploy"}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((DOCKER / name).read_text())
+
+
+def _compose_merge(base, override):
+    """``docker compose -f base -f override`` for the keys OVERRIDABLE allows (the Compose Specification's merge
+    rules): mappings merge recursively (``build``, ``deploy`` and ``environment``, which Compose merges variable by
+    variable when both files use the mapping form), scalars (``image``) and sequences replace. Other sequences
+    (``ports``, ``volumes``, ...) are appended or merged by target in Compose: the override must not set them."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _compose_merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def variant(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+def compose(variant) -> dict:
+    """The configuration Compose runs: docker-compose.yml alone on CPU, with docker-compose.gpu.yml on top on GPU."""
+    base = _load(BASE)
+    return base if variant == "cpu" else _compose_merge(base, _load(GPU))
 
 
 def _groundloop_services(compose: dict) -> dict[str, dict]:
     return {name: s for name, s in compose["services"].items() if s.get("command", [""])[0] == "groundloop"}
 
 
-def test_compose_runs_label_studio_the_server_and_the_worker_on_cpu_and_gpu(compose):
+def _merge_keys(node: yaml.Node) -> list[yaml.Node]:
+    found, stack, seen = [], [node], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            found += [key for key, _ in node.value if key.tag == "tag:yaml.org,2002:merge"]
+            stack += [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    return found
+
+
+@pytest.mark.parametrize("name", [BASE, GPU])
+def test_no_yaml_merge_keys(name):
+    # Parsers (PyYAML, Compose's Go YAML) disagree on which of several merged maps wins: use none.
+    assert _merge_keys(yaml.compose((DOCKER / name).read_text())) == [], name
+
+
+def test_the_gpu_override_only_sets_keys_compose_merges_as_assumed():
+    base, gpu = _load(BASE), _load(GPU)
+    assert {key for key in gpu if not key.startswith("x-")} == {"services"}
+    assert set(gpu["services"]) == {"groundloop", "worker"}  # overrides, no half-defined new service
+    for name, override in gpu["services"].items():
+        assert set(override) <= OVERRIDABLE, name
+        assert isinstance(override["environment"], dict) and isinstance(base["services"][name]["environment"], dict)
+        assert "deploy" not in base["services"][name], name  # so its device list is added, not appended to
+    usage = (DOCKER / BASE).read_text().split("\nname:")[0]
+    assert "docker compose up -d" in usage and f"docker compose -f {BASE} -f {GPU} up -d" in usage
+    assert "--profile" not in usage
+
+
+def test_compose_runs_label_studio_the_server_and_the_worker_on_cpu_and_gpu(compose, variant):
     services = compose["services"]
     assert services["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
     ours = _groundloop_services(compose)
-    assert {name: (s["profiles"], s["command"][1]) for name, s in ours.items()} == {
-        "groundloop": (["cpu"], "serve"), "worker": (["cpu"], "worker"),
-        "groundloop-gpu": (["gpu"], "serve"), "worker-gpu": (["gpu"], "worker"),
-    }
+    assert {name: s["command"][1] for name, s in ours.items()} == {"groundloop": "serve", "worker": "worker"}
+    assert not any("profiles" in s for s in services.values())
+    gpu = variant == "gpu"
     for name, service in ours.items():
-        gpu = name.endswith("-gpu")
-        assert service["build"]["dockerfile"] == ("docker/Dockerfile.gpu" if gpu else "docker/Dockerfile")
-        assert (DOCKER.parent / service["build"]["dockerfile"]).is_file()
+        dockerfile = "docker/Dockerfile.gpu" if gpu else "docker/Dockerfile"
+        assert service["build"] == {"context": "..", "dockerfile": dockerfile}
+        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        assert service["image"] == ("groundloop:gpu" if gpu else "groundloop:cpu")
         assert service["environment"]["GROUNDLOOP_DEVICE"] == ("cuda" if gpu else "cpu")
         assert ("deploy" in service) == gpu
         if gpu:
             [device] = service["deploy"]["resources"]["reservations"]["devices"]
-            assert device["capabilities"] == ["gpu"]
+            assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_gpu_changes_nothing_but_the_image_the_device_and_the_reservation():
+    cpu = _load(BASE)
+    gpu = _compose_merge(cpu, _load(GPU))
+    def top_level(compose: dict) -> dict:  # the x- extension fields are only anchors' homes
+        return {key: value for key, value in compose.items() if key != "services" and not key.startswith("x-")}
+
+    assert top_level(gpu) == top_level(cpu)
+    for name, service in gpu["services"].items():
+        before = cpu["services"][name]
+        assert {k: v for k, v in service.items() if k not in OVERRIDABLE} == \
+            {k: v for k, v in before.items() if k not in OVERRIDABLE}, name
+        env, env_before = service["environment"], before["environment"]
+        assert set(env) == set(env_before), name
+        assert {k for k in env if env[k] != env_before[k]} <= {"GROUNDLOOP_DEVICE"}, name
 
 
 def test_every_command_exists_in_the_cli(compose, capsys):
@@ -69,14 +147,15 @@ def test_every_groundloop_variable_is_a_setting_and_the_data_dir_is_a_volume(com
 
 def test_health_checks_and_the_label_studio_side(compose):
     services = compose["services"]
-    for name in ("label-studio", "groundloop", "groundloop-gpu"):
+    for name in ("label-studio", "groundloop"):
         assert "/health" in " ".join(services[name]["healthcheck"]["test"]), name
     ls_env = services["label-studio"]["environment"]
     # Label Studio must be allowed to call a backend on the compose network and to register its webhook.
     assert ls_env["ML_BLOCK_LOCAL_IP"] == "false" and ls_env["SSRF_PROTECTION_ENABLED"] == "false"
     # Its token is the one groundloop is given.
     assert ls_env["LABEL_STUDIO_USER_TOKEN"].startswith("${LABEL_STUDIO_API_KEY")
-    assert "groundloop" in services["groundloop-gpu"]["networks"]["default"]["aliases"]
+    # It connects to http://groundloop:9090, on CPU and GPU alike: the server is the service named groundloop.
+    assert "9090:9090" in services["groundloop"]["ports"]
     assert services["groundloop"]["environment"]["LABEL_STUDIO_URL"] == "http://label-studio:8080"
 
 
