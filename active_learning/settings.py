@@ -11,9 +11,12 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from model.config import EVAL_SETTINGS, DetectionSettings, TrainingConfig
+
+if TYPE_CHECKING:
+    from active_learning.reports.corrections import ActionCosts
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 
@@ -89,6 +92,19 @@ class Settings:
     lease_seconds: float = 120.0
     """A training run's lease, renewed every third of it; a run whose worker died is failed once it expires."""
 
+    # --- annotator effort ----------------------------------------------------------------------------
+    # Seconds one annotator action takes, for the time-saved estimate (active_learning/reports/corrections.py).
+    cost_draw_seconds: float = 7.0
+    """Drawing a box with its label from scratch (extreme clicking, Papadopoulos et al. 2017: 7 s)."""
+    cost_verify_seconds: float = 1.6
+    """Checking a correct pre-annotated box and leaving it (box verification, Papadopoulos et al. 2016: 1.6 s)."""
+    cost_adjust_seconds: float = 3.5
+    """Fixing a pre-annotated box on the right object with the right label (dragging its edges): a moved box."""
+    cost_relabel_seconds: float = 2.0
+    """Giving a pre-annotated box on the right object another label."""
+    cost_delete_seconds: float = 1.5
+    """Removing a pre-annotated box that matches no object."""
+
     # --- derived -------------------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:
@@ -125,6 +141,14 @@ class Settings:
             weight_decay=self.weight_decay, patience=self.patience, freeze_backbone=self.freeze_backbone,
             freeze_text_encoder=self.freeze_text_encoder, seed=self.seed, device=self.device,
         )
+
+    def action_costs(self) -> "ActionCosts":
+        """The per-action seconds above, for ``estimate_effort`` and the correction statistics."""
+        from active_learning.reports.corrections import ActionCosts
+
+        return ActionCosts(draw=self.cost_draw_seconds, verify=self.cost_verify_seconds,
+                           adjust=self.cost_adjust_seconds, relabel=self.cost_relabel_seconds,
+                           delete=self.cost_delete_seconds)
 
     # --- construction --------------------------------------------------------------------------------
     @classmethod

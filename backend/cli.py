@@ -229,7 +229,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     from active_learning.reports.status import collect_status, render_status
     from active_learning.store import Store
 
-    status = collect_status(Store.from_settings(settings), None if args.project is None else [args.project])
+    status = collect_status(Store.from_settings(settings), None if args.project is None else [args.project],
+                            costs=settings.action_costs())
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 

@@ -148,7 +148,7 @@ class Predictor:
 
     def status(self) -> dict:
         """What ``GET /status`` shows: per project, what serves it, its training runs, versions and corrections."""
-        return collect_status(self.store, serving_version=self.pool.version_for)
+        return collect_status(self.store, serving_version=self.pool.version_for, costs=self.settings.action_costs())
 
     # --- the work ----------------------------------------------------------------------------------------
     def _predict_tasks(self, tasks: list[dict], job: Job, model: LoadedModel) -> list:

@@ -1,5 +1,9 @@
 """``GET /status`` for a browser: the same data as the JSON (active_learning/status.py) as one HTML page.
 
+Corrections get annotator effort beside the box counts (true objects, edits per object, time saved against
+drawing every box; active_learning/reports/corrections.py), the time saved green when our boxes save time and
+red when correcting them costs more than drawing from scratch.
+
 Each training round gets a small inline SVG of its validation mAP per epoch against the deployed model's
 (the baseline it had to beat): no JavaScript, no extra route, no image files. Jinja2 escapes every value,
 so project titles, class names and error messages from users render as text.
@@ -22,14 +26,28 @@ DECISIONS = {"succeeded": "promoted", "rejected": "rejected", "failed": "failed"
 
 
 def render_status_page(status: dict[str, Any], settings: Settings) -> str:
-    projects = [{**project, "runs": [_run_view(run) for run in project["training_runs"]]}
+    projects = [{**project, "runs": [_run_view(run) for run in project["training_runs"]],
+                 "effort": [_effort_view(c) for c in project["corrections"].values()]}
                 for project in status["projects"]]
-    return render_template("status.html", projects=projects, settings=settings)
+    return render_template("status.html", projects=projects, settings=settings, costs=status.get("action_costs"))
 
 
 def _run_view(run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "decision": DECISIONS.get(run["status"], run["status"]),
             "chart": map_chart(run["epochs"], (run["baseline"] or {}).get("map"), run["best_epoch"])}
+
+
+def _effort_view(corrections: dict[str, Any]) -> dict[str, Any]:
+    """A version's correction row with its effort formatted: "-" where a figure is unknown (no true objects)."""
+    saved = corrections.get("time_saved")
+    per_object = corrections.get("edits_per_object")
+    seconds = corrections.get("seconds_with_predictions"), corrections.get("seconds_from_scratch")
+    return {**corrections,
+            "time_saved_text": "-" if saved is None else f"{saved:.0%}",
+            "time_saved_class": "" if saved is None else ("saves" if saved > 0 else "costs" if saved < 0 else ""),
+            "edits_per_object_text": "-" if per_object is None else f"{per_object:.2f}",
+            "seconds_text": "" if seconds[0] is None else
+            f"{seconds[0]:g} s with our boxes, {seconds[1]:g} s drawing every box"}
 
 
 def map_chart(epochs: list[dict[str, Any]], baseline: float | None, best_epoch: int | None) -> dict[str, Any] | None:

@@ -1,12 +1,18 @@
 """What ``GET /status`` and ``groundloop status`` show, per project: which model version is deployed and which
-serves, the recent training rounds, every model version, and how much annotators corrected each version."""
+serves, the recent training rounds, every model version, and how much annotators corrected each version and what
+that cost them (true objects, edits per object, time saved against drawing every box; see ``corrections``).
+
+Correction statistics are listed oldest version first: versions not in the registry (the starting model) in the
+order annotations first started from them, then registered versions by creation. A round's version serves the
+next labeling round, so the rows read as the trend of annotator effort round by round."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Callable
 
-from active_learning.reports.corrections import correction_stats
+from active_learning.reports.corrections import ActionCosts, CorrectionSummary, correction_stats
 from active_learning.store import Store
 from active_learning.store.tables import ModelVersion, TrainingRun
 
@@ -14,15 +20,20 @@ RECENT_RUNS = 10
 
 
 def collect_status(store: Store, project_ids: list[int] | None = None,
-                   serving_version: Callable[[int], str | None] | None = None) -> dict[str, Any]:
+                   serving_version: Callable[[int], str | None] | None = None,
+                   costs: ActionCosts | None = None) -> dict[str, Any]:
     """``serving_version(project_id)``: what a server answers with now (the server knows the starting model's
-    version); without it, the deployed version, None meaning the starting model."""
+    version); without it, the deployed version, None meaning the starting model. ``costs``: the annotator action
+    costs for the effort estimate (``settings.action_costs()``); without them, the settings' defaults."""
     ids = store.projects.ids() if project_ids is None else project_ids
-    return {"projects": [project_status(store, project_id, serving_version) for project_id in ids]}
+    costs = costs or ActionCosts.from_settings()
+    return {"action_costs": asdict(costs),
+            "projects": [project_status(store, project_id, serving_version, costs) for project_id in ids]}
 
 
 def project_status(store: Store, project_id: int,
-                   serving_version: Callable[[int], str | None] | None = None) -> dict[str, Any]:
+                   serving_version: Callable[[int], str | None] | None = None,
+                   costs: ActionCosts | None = None) -> dict[str, Any]:
     project = store.projects.get(project_id)
     deployed = store.models.deployed(project_id)
     versions = store.models.versions(project_id)
@@ -38,8 +49,19 @@ def project_status(store: Store, project_id: int,
         "training_runs": [_run(run, by_name.get(run.model_version or ""))
                           for run in store.runs.of_project(project_id)[:RECENT_RUNS]],
         "model_versions": [_version(version) for version in versions],
-        "corrections": {name: summary.as_dict() for name, summary in correction_stats(store, project_id).items()},
+        "corrections": {summary.model_version: summary.as_dict() for summary in _by_creation(
+            correction_stats(store, project_id, costs or ActionCosts.from_settings()), by_name)},
     }
+
+
+def _by_creation(summaries: dict[str, CorrectionSummary],
+                 registered: dict[str, ModelVersion]) -> list[CorrectionSummary]:
+    """Unregistered versions (the starting model) first, as first annotated; then registered ones as created."""
+    def key(summary: CorrectionSummary) -> tuple:
+        version = registered.get(summary.model_version)
+        return (1, version.created_at, version.id) if version else (0,)
+
+    return sorted(summaries.values(), key=key)  # stable: unregistered keep the order they were first annotated
 
 
 def _run(run: TrainingRun, candidate: ModelVersion | None) -> dict[str, Any]:
@@ -68,10 +90,10 @@ def _time(moment: datetime | None) -> str | None:
 def render_status(status: dict[str, Any]) -> str:
     if not status["projects"]:
         return "no projects yet (Label Studio has not called this backend)"
-    return "\n\n".join(_render_project(project) for project in status["projects"])
+    return "\n\n".join(_render_project(project, status.get("action_costs")) for project in status["projects"])
 
 
-def _render_project(p: dict[str, Any]) -> str:
+def _render_project(p: dict[str, Any], costs: dict[str, float] | None = None) -> str:
     title = f' "{p["title"]}"' if p["title"] else ""
     lines = [
         f"project {p['project']}{title}",
@@ -92,19 +114,31 @@ def _render_project(p: dict[str, Any]) -> str:
                 [[v["name"], v["status"], v["parent"] or "-", _map(v["metrics"].get("val")), v["created_at"]]
                  for v in p["model_versions"]]),
         "",
-        "  corrections by annotators (boxes of each version's predictions):",
+        "  corrections by annotators (boxes of each version's predictions, oldest version first):",
         *_table(["model version", "annotations", "unchanged", "kept", "moved", "relabeled", "deleted", "added",
-                 "precision", "recall"],
+                 "precision", "recall", "true objects", "edits/object", "time saved"],
                 [row for c in p["corrections"].values() for row in _correction_rows(c)]),
+        *(_effort_legend(costs) if p["corrections"] else []),
     ]
     return "\n".join(lines)
+
+
+def _effort_legend(costs: dict[str, float] | None) -> list[str]:
+    lines = ["    time saved = 1 - (annotator seconds with our boxes) / (seconds drawing every true object): > 0 saves "
+             "time, < 0 slower than from scratch"]
+    if costs:
+        lines.append("    seconds per action: " + ", ".join(
+            f"{action} {costs[action]:g}" for action in ("verify", "adjust", "relabel", "delete", "draw")))
+    return lines
 
 
 def _correction_rows(c: dict[str, Any]) -> list[list[Any]]:
     """A version's row, then one per control when the config has several."""
     def row(name: str, counts: dict[str, Any], annotations: Any, unchanged: Any) -> list[Any]:
         return [name, annotations, unchanged, counts["kept"], counts["moved"], counts["relabeled"], counts["deleted"],
-                counts["added"], _ratio(counts["precision"]), _ratio(counts["recall"])]
+                counts["added"], _ratio(counts["precision"]), _ratio(counts["recall"]),
+                _num(counts.get("true_objects")), _ratio(counts.get("edits_per_object")),
+                _percent(counts.get("time_saved"))]
 
     rows = [row(c["model_version"], c, c["annotations"], c["unchanged_annotations"])]
     if len(c.get("controls", {})) > 1:
@@ -130,3 +164,7 @@ def _map(metrics: dict | None) -> str:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"

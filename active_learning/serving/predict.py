@@ -13,6 +13,7 @@ A prediction is ``{"result": [rectangles], "score": s, "model_version": v}``: La
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from model import Detector
 
 log = logging.getLogger(__name__)
+
+IMAGES_AT_ONCE = threading.BoundedSemaphore(2)
+"""Task images a process holds decoded at once: the detector takes one image at a time anyway, and every request
+thread holding its own (up to ``max_image_pixels``) decoded image would add up to gigabytes."""
 
 
 class PredictionError(Exception):
@@ -80,15 +85,16 @@ def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task
     cost the other tasks their predictions.
     """
     url = image_url(task, job)
-    try:
-        fetched = fetcher.fetch(url)
-    except ImageError as exc:
-        raise PredictionError(f"image {short_url(url)!r} cannot be read ({exc})") from None
-    try:
-        [predicted] = predict_images(model.detector, [fetched.image], job)
-    except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
-        log.exception("detection failed on %r", short_url(url))
-        raise PredictionError(f"detection failed on {short_url(url)!r}: {type(exc).__name__}") from None
+    with IMAGES_AT_ONCE:
+        try:
+            fetched = fetcher.fetch(url)
+        except ImageError as exc:
+            raise PredictionError(str(exc)) from None
+        try:
+            [predicted] = predict_images(model.detector, [fetched.image], job)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
+            log.exception("detection failed on %s", short_url(url))
+            raise PredictionError(f"detection failed on {short_url(url)}: {type(exc).__name__}") from None
     if isinstance(task.get("id"), int):
         store.predictions.save(project_id=job.project_id, task_id=task["id"], image_url=url,
                                model_version=model.version, params_key=job.params_key, result=predicted.result,

@@ -27,6 +27,10 @@ class RoundReport:
     margin: float
     seconds: float
     skipped: list[str] = field(default_factory=list)
+    baseline_effort: dict | None = None
+    """What the version the round started from (the deployed one, ``baseline_version``) cost annotators so far:
+    its correction summary with the effort estimate (``CorrectionSummary.as_dict()``: true objects, seconds with
+    its boxes and from scratch, time saved, edits per object); None when no annotation started from its boxes."""
 
     @property
     def stem(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from active_learning.images import ImageCache, cache_labeled_images
+from active_learning.reports.corrections import correction_stats
 from active_learning.serving.pool import LoadedModel, serving_model
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -125,6 +126,7 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
                  settings.evaluation_settings(), on_epoch_end=on_epoch_end)
     best = result.epochs[result.best_epoch - 1].metrics
     promote = best.map > baseline.map + settings.promotion_margin
+    effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
     name = checkpoint_name(project_id, run_id)
     metrics = {"val": best.as_dict(), "baseline": baseline.as_dict(), "best_epoch": result.best_epoch,
                "train_size": len(dataset.train), "val_size": len(dataset.validation)}
@@ -136,6 +138,7 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
         baseline=baseline.as_dict(), epochs=store.runs.get(run_id).epochs, best_epoch=result.best_epoch,
         train_size=len(dataset.train), val_size=len(dataset.validation), margin=settings.promotion_margin,
         seconds=time.monotonic() - started, skipped=dataset.skipped,
+        baseline_effort=effort.as_dict() if effort else None,
     )
     write_report(report, settings.reports_dir)
     store.runs.finish(run_id, status, model_version=name)
