@@ -1,4 +1,6 @@
-"""Fixtures shared by every test package: a real Label Studio, the offline small model, captured LS requests."""
+"""Fixtures shared by every test package: a real Label Studio, the offline small model, captured LS requests;
+the shared fixture plugins of tests/support; and the guard that keeps the ``labelstudio`` and ``postgres`` markers
+on every test that needs those servers."""
 
 from __future__ import annotations
 
@@ -13,16 +15,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from tests.labelstudio import LabelStudioServer, ls_venv, start_label_studio  # noqa: E402
+pytest.register_assert_rewrite("tests.support")  # their asserts (assert_prediction, ...) explain their failures
 
-REPO = Path(__file__).resolve().parents[1]
-PROTOCOL_DIR = REPO.parent / "shared" / "ls-protocol"
-"""Request bodies a real Label Studio 1.23.2 sent to an ML backend (see its README.md)."""
+from tests.support.labelstudio import LabelStudioServer, ls_venv, start_label_studio  # noqa: E402
+
+pytest_plugins = ["tests.support.backend_fixtures", "tests.support.training_fixtures"]
+
+DATA = Path(__file__).resolve().parent / "data"
+PROTOCOL_DIR = DATA / "ls-protocol"
+"""Request bodies a real Label Studio 1.23.2 sent to an ML backend (see its README.md): part of the repo."""
+
+LABEL_STUDIO_FIXTURE, LABEL_STUDIO_MARKER = "label_studio", "labelstudio"
+POSTGRES_FIXTURE, POSTGRES_MARKER = "postgres_server", "postgres"
+POSTGRES_PARAM = "postgres"
+"""A parametrized test or fixture (``database_url``) whose parameter is this runs on PostgreSQL."""
 
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    """A real Label Studio 1.23.2 for the whole session: ``.url``, ``.api_key``, ``.client``, ``.api(...)``."""
+    """A real Label Studio 1.23.2 for the whole session: ``.url``, ``.api_key``, ``.client``, ``.api(...)``.
+    Tests that use it must be marked ``labelstudio`` (checked at collection)."""
     if not (ls_venv() / "bin" / "label-studio").exists():
         pytest.skip(f"no Label Studio venv at {ls_venv()}: run scripts/test.sh or set GROUNDLOOP_LS_VENV")
     server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
@@ -41,9 +53,52 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def detector(small_model_dir: Path):
+    """The small model loaded once as a Detector: it is read-only and thread-safe."""
+    from model import Detector
+
+    return Detector.load(small_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def ls_request() -> Callable[[str], dict]:
-    """``ls_request("setup")`` -> a fresh copy of the body Label Studio sent (``<name>.json`` in PROTOCOL_DIR)."""
-    if not PROTOCOL_DIR.is_dir():
-        pytest.skip(f"captured Label Studio requests not found at {PROTOCOL_DIR}")
-    bodies = {path.stem: json.loads(path.read_text())["body"] for path in PROTOCOL_DIR.glob("*.json")}
-    return lambda name: copy.deepcopy(bodies[name])
+    """``ls_request("setup")`` -> a fresh copy of the body Label Studio sent (``<name>.json`` in PROTOCOL_DIR).
+    The captures are in the repo: a missing one is an error, never a skip."""
+    captures = sorted(PROTOCOL_DIR.glob("*.json"))
+    if not captures:
+        raise FileNotFoundError(f"no captured Label Studio requests (*.json) in {PROTOCOL_DIR}")
+    bodies = {path.stem: json.loads(path.read_text())["body"] for path in captures}
+
+    def body(name: str) -> dict:
+        if name not in bodies:
+            raise FileNotFoundError(f"no captured Label Studio request {PROTOCOL_DIR / (name + '.json')}; "
+                                    f"captured: {', '.join(sorted(bodies))}")
+        return copy.deepcopy(bodies[name])
+
+    return body
+
+
+def _runs_on_postgres(item: pytest.Item) -> bool:
+    if POSTGRES_FIXTURE in getattr(item, "fixturenames", ()):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(isinstance(value, str) and value == POSTGRES_PARAM for value in params.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m``/``-k`` deselect anything: every collected test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail collection when a test needs a real Label Studio or PostgreSQL without carrying its marker, so that
+    ``-m "not labelstudio"`` / ``-m "not postgres"`` really leave those servers out."""
+    problems = []
+    for item in items:
+        if LABEL_STUDIO_FIXTURE in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+                LABEL_STUDIO_MARKER):
+            problems.append(f"{item.nodeid}: uses the {LABEL_STUDIO_FIXTURE!r} fixture (a real Label Studio) "
+                            f"but is not marked @pytest.mark.{LABEL_STUDIO_MARKER}")
+        if _runs_on_postgres(item) and not item.get_closest_marker(POSTGRES_MARKER):
+            problems.append(f"{item.nodeid}: runs on PostgreSQL (the {POSTGRES_FIXTURE!r} fixture or a "
+                            f"{POSTGRES_PARAM!r} parameter) but is not marked @pytest.mark.{POSTGRES_MARKER} "
+                            f"(for a parameter: pytest.param(..., marks=pytest.mark.{POSTGRES_MARKER}))")
+    if problems:
+        raise pytest.UsageError("tests without the marker their servers need (see [tool.pytest.ini_options] "
+                                "markers in pyproject.toml):\n  " + "\n  ".join(problems))

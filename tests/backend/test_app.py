@@ -1,5 +1,5 @@
 """The routes with the requests a real Label Studio 1.23.2 sent (tests/conftest.py ``ls_request``), answered by
-the real detector on the small model, with images from a local media server (see conftest.py)."""
+the real detector on the small model, with images from a local media server (see tests/support/backend_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from .conftest import IMAGE_SIZE, assert_prediction, deploy_copy
+from tests.support.backend import IMAGE_SIZE, assert_prediction, deploy_copy
 
 PROMPT_CONFIG = (
     '<View><Image name="image" value="$image"/>'

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from active_learning.store import Store
-from .conftest import CONFIG, Server, groundloop_serve, png_bytes, wait_for
+from tests.support.backend import CONFIG, Server, groundloop_serve, png_bytes, wait_for
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from active_learning.training.worker import Worker
 from backend.app import create_app
 from backend.predictor import Predictor
 
-from .conftest import CONFIG, IMAGE_SIZE, assert_prediction, deploy_copy, png_bytes
+from tests.support.backend import CONFIG, IMAGE_SIZE, assert_prediction, deploy_copy, png_bytes
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from active_learning.serving.pool import ModelPool
 
-from .conftest import deploy_copy
+from tests.support.backend import deploy_copy
 
 
 def test_each_project_gets_its_version_and_the_least_recently_used_model_goes(settings, store, detector,

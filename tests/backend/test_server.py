@@ -12,7 +12,7 @@ import requests
 from active_learning.settings import Settings
 from active_learning.store import Store
 
-from .conftest import TOKEN, deploy_copy, groundloop_serve, wait_for
+from tests.support.backend import TOKEN, deploy_copy, groundloop_serve, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,7 @@ from active_learning.training.registry import register
 from active_learning.tools.demo import LABEL_CONFIG, PROJECT, SimulatedProject, demo_settings
 from model.synthetic import make_shapes_dataset
 
-from .conftest import groundloop_serve
-
-pytestmark = pytest.mark.slow
+from tests.support.backend import groundloop_serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TITLE = "Shapes <script>alert('title')</script> & co"
@@ -81,6 +79,7 @@ def _chromium(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProce
         capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.slow  # the real server and a browser, twice
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (scripts/test.sh installs Debian's as root)")
 def test_a_browser_sees_versions_rounds_and_corrections_and_api_clients_get_json(
         data_dir: Path, small_model_dir: Path, tmp_path: Path):

@@ -145,3 +145,28 @@ def test_two_controls_end_to_end(label_studio, small_model_dir, tmp_path):
         assert got[:2] == want[:2] and got[2:] == pytest.approx(want[2:], abs=0.15), (got, want)
     upload_names = {i["original_file_name"] for i in images.values()}
     assert upload_names == {f"car{i}.png" for i in range(len(tasks))}
+
+
+def test_import_targets_a_named_control_and_keeps_the_others(settings, store, tmp_path):
+    from PIL import Image
+
+    from active_learning.tools.importing import InterchangeError, import_csv
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), (90, 30, 200)).save(images / "a.png")
+    header = "label_name,bbox_x1,bbox_y1,bbox_x2,bbox_y2,image_name,image_width,image_height\n"
+    (tmp_path / "objects.csv").write_text(header + "car,1,2,30,20,a.png,64,48\n")
+    (tmp_path / "damage.csv").write_text(header + "dent,10,10,20,20,a.png,64,48\nscratch,5,30,40,40,a.png,64,48\n")
+    store.projects.set_label_config(9, TWO_CONTROLS)
+    cache = ImageCache(settings)
+
+    assert import_csv(store, cache, 9, tmp_path / "objects.csv", images).new == 1  # the first control by default
+    report = import_csv(store, cache, 9, tmp_path / "damage.csv", images, control="damage")
+    assert (report.new, report.updated, report.boxes) == (0, 1, 2)
+    [task] = store.tasks.labeled(9)
+    assert sorted((b["from_name"], b["label"]) for b in task.boxes) == [
+        ("damage", "dent"), ("damage", "scratch"), ("objects", "car")]
+    assert import_csv(store, cache, 9, tmp_path / "damage.csv", images, control="damage").unchanged == 1
+    with pytest.raises(InterchangeError, match='no <RectangleLabels name="wheels">'):
+        import_csv(store, cache, 9, tmp_path / "damage.csv", images, control="wheels")

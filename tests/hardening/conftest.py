@@ -1,5 +1,6 @@
 """Hardening tests: load, faults and hostile input against real parts (the small model, SQLite files,
 ``groundloop serve`` under gunicorn, a real Label Studio). Every loop is bounded; all traffic stays on loopback.
+The backend's fixtures (``client``, ``make_client``, ``media``, ...) come from tests/support/backend_fixtures.py.
 
 ``figures`` collects the numbers ``bench/hardening.md`` reports; with ``GROUNDLOOP_HARDENING_FIGURES=FILE`` they
 are written there as JSON when the session ends.
@@ -13,10 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-# the backend's fixtures: real small model, SQLite store, local media server standing in for Label Studio's media
-from tests.backend.conftest import (  # noqa: F401
-    client, detector, make_client, media, model_version, settings, store)
 
 
 @pytest.fixture(scope="session")

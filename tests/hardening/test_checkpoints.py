@@ -11,7 +11,7 @@ import pytest
 
 from active_learning.serving.pool import CheckpointError
 from active_learning.training.registry import register
-from tests.backend.conftest import assert_prediction, deploy_copy
+from tests.support.backend import assert_prediction, deploy_copy
 
 PROJECT = 1
 

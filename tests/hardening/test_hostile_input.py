@@ -19,7 +19,7 @@ from PIL import Image
 
 from active_learning.images import ImageError, ImageFetcher
 from model.prompts import ClassSpec, build_prompts
-from tests.backend.conftest import TOKEN
+from tests.support.backend import TOKEN
 
 GOOD_PNG = io.BytesIO()
 Image.new("RGB", (64, 48), (10, 200, 30)).save(GOOD_PNG, format="PNG")

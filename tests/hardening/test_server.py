@@ -20,7 +20,7 @@ import requests
 
 from active_learning.settings import Settings
 from active_learning.store import Store
-from tests.backend.conftest import TOKEN, groundloop_serve, wait_for
+from tests.support.backend import TOKEN, groundloop_serve, wait_for
 
 pytestmark = pytest.mark.slow
 

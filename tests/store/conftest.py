@@ -3,81 +3,32 @@
 from __future__ import annotations
 
 import copy
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from active_learning.store import Store
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _no_user(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return True
-    return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.postgres import create_database, postgres_cluster, unavailable
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A PostgreSQL cluster in a temp dir for the session; yields its base URL (no database name)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found (/usr/lib/postgresql/*/bin): apt-get install postgresql")
-    # initdb refuses to run as root: run the server as the 'postgres' user then.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user and (shutil.which("runuser") is None or _no_user("postgres")):
-        pytest.skip("running as root, and no 'postgres' user (or runuser) to run PostgreSQL as")
-    root = Path(tempfile.mkdtemp(prefix="groundloop-pg-"))
-    if as_user:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                    "-w", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    """A PostgreSQL cluster in a temp dir for the session; yields its base URL (no database name).
+    Tests that use it (directly or through ``database_url``'s postgres parameter) must be marked ``postgres``."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with postgres_cluster() as url:
+        yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database: a SQLite file, or a new database on the session's PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'groundloop.db'}"
-    import psycopg
-
-    base = request.getfixturevalue("postgres_server")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base}/{name}"
+    return create_database(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A real Label Studio server for end-to-end tests, started from its own virtual env.
 
-Started the way /work/shared/ls-protocol/README.md describes (the flags and environment a real deployment
+Started the way tests/data/ls-protocol/README.md describes (the flags and environment a real deployment
 needs so that it talks to an ML backend on 127.0.0.1). The venv is ``$GROUNDLOOP_LS_VENV`` or
 ``<repo>/.ls-venv`` (scripts/test.sh installs it). Its log file is kept in the data dir and quoted on failure.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,19 +19,15 @@ from typing import Any
 import requests
 from label_studio_sdk import LabelStudio
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.net import free_port
+
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 240.0
 """First start on an empty data dir runs migrations (30-60 s alone; more on a busy 2-core machine)."""
 
 
 def ls_venv() -> Path:
     return Path(os.environ.get("GROUNDLOOP_LS_VENV") or REPO / ".ls-venv")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

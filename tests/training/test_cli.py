@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from active_learning.store import Store
 from backend.cli import main
-from tests.training.conftest import PROJECT, annotation_webhook
+from tests.support.training import PROJECT, annotation_webhook
 
 
+@pytest.mark.slow  # a real fine-tuning (one epoch on 8 images)
 def test_groundloop_train_runs_a_round_here_and_prints_its_progress(settings, shapes, ls_request, capsys):
     store = Store.from_settings(settings)
     for index in range(8):  # a small project: this tests the command, not the training

@@ -13,7 +13,7 @@ from active_learning.training.registry import rollback
 from active_learning.training.rounds import run_round
 from active_learning.store import Store
 from active_learning.training.worker import Worker
-from tests.training.conftest import PROJECT, annotation_webhook, with_settings
+from tests.support.training import PROJECT, annotation_webhook, with_settings
 
 
 def _queued_round(store: Store, worker: Worker) -> int:
@@ -23,6 +23,7 @@ def _queued_round(store: Store, worker: Worker) -> int:
     return run_id
 
 
+@pytest.mark.slow  # real fine-tuning
 def test_a_round_beats_the_starting_model_and_is_deployed(settings, labeled_store):
     worker = Worker(settings, labeled_store)
     assert serving_model(labeled_store, settings, PROJECT).version is None
@@ -45,6 +46,7 @@ def test_a_round_beats_the_starting_model_and_is_deployed(settings, labeled_stor
     assert not (settings.models_dir / ".staging" / f"run-{outcome.run_id}").exists()
 
 
+@pytest.mark.slow  # real fine-tuning
 def test_a_round_that_cannot_beat_the_deployed_model_is_rejected(settings, labeled_store):
     strict = with_settings(settings, promotion_margin=1.0)  # no mAP can beat the baseline by 1.0
     outcome = Worker(strict, labeled_store).run_once(project_id=PROJECT)
@@ -54,6 +56,7 @@ def test_a_round_that_cannot_beat_the_deployed_model_is_rejected(settings, label
     assert labeled_store.models.get(outcome.model_version).status == "rejected"
 
 
+@pytest.mark.slow  # real fine-tuning
 def test_a_crash_mid_round_leaves_everything_consistent_and_a_later_round_succeeds(settings, labeled_store):
     worker = Worker(settings, labeled_store)
 
