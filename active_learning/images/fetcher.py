@@ -1,47 +1,53 @@
 """Fetching task images safely.
 
-Task image URLs come from whoever can create tasks, and /predict fetches them on the server, so every fetch
-obeys the same rules (``ImageFetcher``):
+Task image URLs come from whoever can create tasks, and /predict fetches them on the server, so every fetch and
+every redirect hop obeys one URL policy (``UrlPolicy``) before anything is sent:
 
-- relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``) are resolved against LABEL_STUDIO_URL
-  and sent with its API key; the key never goes to any other host;
-- only http(s), and only from Label Studio itself (its scheme, host and port) or from
-  ``settings.allowed_image_hosts``, where an entry ``*`` or ``*.example.com`` matches by pattern;
-- a host matched by pattern must not resolve to a loopback, private, link-local or otherwise special address
-  (Label Studio and hosts named exactly are trusted); redirects are followed by hand and every hop is checked
-  again. The connection resolves the name once more, so a DNS-rebinding window remains: name hosts exactly
-  where that matters;
-- ``max_image_bytes`` (counted while streaming), ``max_image_pixels`` (checked from the header before
-  decoding), ``image_timeout`` (per request, and for the whole download).
+- relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``) are resolved against LABEL_STUDIO_URL;
+- only http(s). The URL is parsed the way the HTTP client parses it (requests' preparation, then urllib3's
+  ``parse_url``) and also with ``urllib.parse``; a URL on whose scheme, host or port the parses disagree is
+  refused, and so is anything ambiguous: backslashes, whitespace or control characters anywhere, userinfo
+  (``@`` before the host), a bad port, a malformed or non-ASCII host, an IPv4 address in any form other than
+  the dotted quad;
+- an origin is scheme + host + port (80/443 filled in). Allowed are Label Studio's own origin and
+  ``settings.allowed_image_hosts``: ``host`` (its default ports), ``host:port`` (that port), or a pattern
+  ``*`` / ``*.example.com`` (``:port`` optional);
+- the API key goes to Label Studio's origin alone: never to another host, nor on a redirect to one;
+- every connection is made by this module (``_GuardedConnection``): the host is resolved within the deadline
+  and, unless the origin is Label Studio's or named exactly, every address must be public (no loopback,
+  private, link-local, multicast, reserved or unspecified address, IPv4-mapped ones included); the socket
+  connects to the address that was checked, so no DNS-rebinding window remains;
+- ``image_timeout`` is a wall-clock deadline for the whole download (resolving, connecting, redirects,
+  headers, body): when it passes, the download's sockets are shut down, whatever the server is doing;
+  ``max_image_bytes`` is counted as bytes arrive; ``max_image_pixels`` is checked from the header before
+  decoding.
 
-Failures raise ``ImageError`` with a one-line message fit to show a user.
+Failures raise ``ImageError`` with a one-line message fit to show a user (URLs in it quoted, escaped and
+truncated).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import ipaddress
-import socket
-import threading
-import time
 import warnings
 from dataclasses import dataclass
-from fnmatch import fnmatch
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urljoin
 
 import requests
+import urllib3
 from PIL import Image, ImageOps
 
+from active_learning.images.transport import Deadline, GuardedAdapter, active_download
+from active_learning.images.urls import ImageError, Target, UrlPolicy, quoted, short_url
 from active_learning.labelstudio.client import LabelStudioAuth, LabelStudioError
 from active_learning.settings import Settings
 
+__all__ = ["FetchedImage", "ImageError", "ImageFetcher", "decode", "quoted", "short_url"]
+
 MAX_REDIRECTS = 5
-CHUNK_BYTES = 64 * 1024
-
-
-class ImageError(Exception):
-    """An image could not be fetched or decoded; the message is one line, fit for a user."""
+CHUNK_BYTES = 16 * 1024
+MAX_ASPECT_RATIO = 100
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,9 @@ class ImageFetcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.ls_url = settings.label_studio_url.rstrip("/")
-        ls = urlparse(self.ls_url)
-        self.ls_origin = (ls.scheme, ls.hostname, ls.port) if ls.hostname else None
+        self.policy = UrlPolicy(self.ls_url, tuple(settings.allowed_image_hosts))
         self.auth = LabelStudioAuth(self.ls_url, settings.label_studio_api_key, settings.image_timeout) \
             if self.ls_url and settings.label_studio_api_key else None
-        self._local = threading.local()  # one requests.Session per thread: sessions are not thread-safe
 
     def fetch(self, url: str) -> FetchedImage:
         """Download and decode ``url``, applying every rule in this module's docstring."""
@@ -72,102 +76,86 @@ class ImageFetcher:
         """The raw bytes behind ``url``, with the URL, host, address, redirect, size and time rules applied."""
         if not isinstance(url, str) or not url.strip():
             raise ImageError("image URL is empty")
-        target = self._absolute(url.strip())
-        deadline = time.monotonic() + self.settings.image_timeout
+        deadline = Deadline(self.settings.image_timeout)
+        adapter = GuardedAdapter()  # one per download: no connection, and no deadline, outlives it
+        try:
+            with active_download(self.policy, deadline):
+                return self._follow(adapter, self._absolute(url), url, deadline)
+        finally:
+            adapter.close()
+            deadline.close()
+
+    def _follow(self, adapter: GuardedAdapter, target: str, url: str, deadline: Deadline) -> bytes:
+        """Each hop is checked by the policy; the key goes only to hops on Label Studio's origin."""
         for _ in range(MAX_REDIRECTS + 1):
-            self._check(target)
-            response = self._get(target, url)
+            response = self._get(adapter, self.policy.check(target), url, deadline)
             if response.is_redirect:
-                location = response.headers.get("Location", "")
                 response.close()
-                target = urljoin(target, location)
+                target = _redirect_target(response, url)
                 continue
             with response:
                 if response.status_code != 200:
-                    raise ImageError(f"image {short_url(url)}: HTTP {response.status_code}")
+                    raise ImageError(f"image {quoted(url)}: HTTP {response.status_code}")
                 return self._read(response, url, deadline)
-        raise ImageError(f"image {short_url(url)}: more than {MAX_REDIRECTS} redirects")
+        raise ImageError(f"image {quoted(url)}: more than {MAX_REDIRECTS} redirects")
 
     def _absolute(self, url: str) -> str:
         if url.startswith("/") and not url.startswith("//"):
-            if not self.ls_url:
-                raise ImageError(f"image {short_url(url)} is relative to Label Studio, but LABEL_STUDIO_URL is not set")
+            if self.policy.label_studio is None:
+                raise ImageError(f"image {quoted(url)} is relative to Label Studio, but LABEL_STUDIO_URL is not "
+                                 "set to an http(s) URL")
             return self.ls_url + url
         return url
 
-    def _check(self, url: str) -> None:
-        """Refuse what the rules forbid, before any connection is made."""
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https"):
-            raise ImageError(f"image {short_url(url)}: only http(s) URLs are allowed, not {parsed.scheme or 'none'}:")
-        host = (parsed.hostname or "").lower()
-        if not host:
-            raise ImageError(f"image {short_url(url)}: no host")
-        if self._is_label_studio(url) or host in self._named_hosts():
-            return
-        if not any(fnmatch(host, pattern) for pattern in self._host_patterns()):
-            allowed = ", ".join(self.settings.allowed_image_hosts) or "Label Studio's own URL alone"
-            raise ImageError(f"image host {host} is not allowed (allowed: {allowed}; "
-                             "see GROUNDLOOP_ALLOWED_IMAGE_HOSTS)")
+    def _get(self, adapter: GuardedAdapter, target: Target, url: str, deadline: Deadline) -> requests.Response:
+        """One request, straight to the adapter: a Session would follow (and read) redirects, keep cookies
+        (which ignore ports) and read proxies and .netrc from the environment."""
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, parsed.port or 443, proto=socket.IPPROTO_TCP)}
-        except (socket.gaierror, UnicodeError):
-            raise ImageError(f"image host {host} does not resolve") from None
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global or ip.is_multicast:
-                raise ImageError(f"image host {host} resolves to the non-public address {ip}: refused "
-                                 "(name it exactly in GROUNDLOOP_ALLOWED_IMAGE_HOSTS to allow it)")
-
-    def _named_hosts(self) -> set[str]:
-        return {h.lower() for h in self.settings.allowed_image_hosts if "*" not in h and "?" not in h}
-
-    def _host_patterns(self) -> list[str]:
-        return [h.lower() for h in self.settings.allowed_image_hosts if "*" in h or "?" in h]
-
-    def _is_label_studio(self, url: str) -> bool:
-        parsed = urlparse(url)
-        return self.ls_origin is not None and (parsed.scheme, parsed.hostname, parsed.port) == self.ls_origin
-
-    def _get(self, target: str, url: str) -> requests.Response:
-        try:
-            return self._session().get(
-                target,
-                stream=True,
-                allow_redirects=False,
-                timeout=self.settings.image_timeout,
-                auth=self.auth if self._is_label_studio(target) else None,
-            )
+            prepared = requests.Request("GET", target.url, headers=requests.utils.default_headers()).prepare()
+            if prepared.url != target.url:
+                raise ImageError(f"image {quoted(url)}: ambiguous URL (it changes when prepared)")
+            if target.label_studio and self.auth is not None:
+                self.auth(prepared)
+            return adapter.send(prepared, stream=True, timeout=(deadline.remaining(), deadline.remaining()),
+                                verify=True, proxies={})
         except LabelStudioError as exc:
-            raise ImageError(f"image {short_url(url)}: {exc}") from None
-        except requests.Timeout:
-            raise ImageError(f"image {short_url(url)}: no answer within {self.settings.image_timeout:g} s") from None
-        except requests.RequestException as exc:
-            raise ImageError(f"image {short_url(url)}: cannot connect ({type(exc).__name__})") from None
+            raise ImageError(f"image {quoted(url)}: {exc}") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if deadline.expired or isinstance(exc, requests.Timeout):
+                raise ImageError(f"image {quoted(url)}: no answer within {deadline.seconds:g} s") from None
+            raise ImageError(f"image {quoted(url)}: cannot connect ({type(exc).__name__})") from None
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False  # no proxies from the environment: the checks are about the real hosts
-        return session
-
-    def _read(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read(self, response: requests.Response, url: str, deadline: Deadline) -> bytes:
+        """The body, chunk by chunk: the byte cap as bytes arrive, the deadline by the watchdog and per chunk."""
         cap = self.settings.max_image_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > cap:
-            raise ImageError(f"image {short_url(url)} is {int(declared)} bytes, more than the {cap}-byte limit")
+            raise ImageError(f"image {quoted(url)} is {int(declared)} bytes, more than the {cap}-byte limit")
+        too_slow = ImageError(f"image {quoted(url)}: download took more than {deadline.seconds:g} s")
         body = bytearray()
         try:
             for chunk in response.iter_content(CHUNK_BYTES):
                 body += chunk
                 if len(body) > cap:
-                    raise ImageError(f"image {short_url(url)} is more than the {cap}-byte limit")
-                if time.monotonic() > deadline:
-                    raise ImageError(f"image {short_url(url)}: download took more than {self.settings.image_timeout:g} s")
-        except requests.RequestException as exc:
-            raise ImageError(f"image {short_url(url)}: download failed ({type(exc).__name__})") from None
+                    raise ImageError(f"image {quoted(url)} is more than the {cap}-byte limit")
+                if deadline.expired:
+                    raise too_slow
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired:
+                raise too_slow from None
+            raise ImageError(f"image {quoted(url)}: download failed ({type(exc).__name__})") from None
+        if deadline.expired:  # the watchdog's shutdown can look like the end of an undeclared body
+            raise too_slow
         return bytes(body)
+
+
+def _redirect_target(response: requests.Response, url: str) -> str:
+    """The next hop, for the policy to check like any URL."""
+    location = response.headers.get("Location", "")
+    try:
+        return urljoin(response.url, location)
+    except ValueError:
+        raise ImageError(f"image {quoted(url)}: malformed redirect to {quoted(location)}") from None
 
 
 def decode(url: str, data: bytes, max_pixels: int) -> FetchedImage:
@@ -178,15 +166,14 @@ def decode(url: str, data: bytes, max_pixels: int) -> FetchedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap applies
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > max_pixels:
-                raise ImageError(f"image {short_url(url)} is {image.width}x{image.height} pixels, more than the "
+                raise ImageError(f"image {quoted(url)} is {image.width}x{image.height} pixels, more than the "
                                  f"{max_pixels}-pixel limit")
+            if max(image.size) > MAX_ASPECT_RATIO * max(1, min(image.size)):
+                raise ImageError(f"image {quoted(url)} is {image.width}x{image.height} pixels: sides more than "
+                                 f"{MAX_ASPECT_RATIO}:1 apart are no photo a detector can read")
             image = ImageOps.exif_transpose(image).convert("RGB")
     except ImageError:
         raise
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"image {short_url(url)} cannot be decoded ({type(exc).__name__})") from None
+        raise ImageError(f"image {quoted(url)} cannot be decoded ({type(exc).__name__})") from None
     return FetchedImage(url=url, sha256=sha, image=image, width=image.width, height=image.height)
-
-
-def short_url(url: str, limit: int = 120) -> str:
-    return url if len(url) <= limit else url[: limit - 3] + "..."

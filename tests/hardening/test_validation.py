@@ -88,3 +88,16 @@ def test_a_config_of_thousands_of_labels_is_refused(client):
              "</RectangleLabels></View>"
     answer = client.post("/setup", json={"schema": config, "project": "5.1"})
     assert answer.status_code == 400 and "more than the" in answer.json["error"]
+
+
+def test_an_extreme_aspect_ratio_is_refused_without_a_traceback(caplog):
+    import io
+
+    from PIL import Image
+
+    from active_learning.images import ImageError, decode
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (65500, 1)).save(buffer, format="PNG")
+    with pytest.raises(ImageError, match="65500x1 pixels: sides more than 100:1 apart"):
+        decode("/data/upload/5/line.png", buffer.getvalue(), max_pixels=100_000_000)

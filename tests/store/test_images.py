@@ -184,7 +184,7 @@ def test_redirect_to_a_disallowed_host_is_refused(settings: Settings, media_serv
 def test_the_api_key_goes_to_label_studio_only(settings: Settings, media_server: Server) -> None:
     other = Server()  # an allowed image host that is not Label Studio (same address, another port)
     try:
-        fetcher = ImageFetcher(replace(settings, allowed_image_hosts=("127.0.0.1",)))
+        fetcher = ImageFetcher(replace(settings, allowed_image_hosts=(other.url.removeprefix("http://"),)))
         fetcher.fetch(f"/redirect?to={other.url}/img.png")
         assert media_server.auth_seen["/redirect?to=" + other.url + "/img.png"] == f"Token {API_KEY}"
         assert other.auth_seen["/img.png"] is None
@@ -193,7 +193,7 @@ def test_the_api_key_goes_to_label_studio_only(settings: Settings, media_server:
 
 
 def test_http_error_is_one_line(settings: Settings, media_server: Server) -> None:
-    with pytest.raises(ImageError, match=r"^image /data/x.png: HTTP 401$"):
+    with pytest.raises(ImageError, match=r"^image '/data/x.png': HTTP 401$"):
         ImageFetcher(replace(settings, label_studio_api_key="wrong")).fetch("/data/x.png")
 
 
