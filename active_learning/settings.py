@@ -52,7 +52,8 @@ class Settings:
     label_studio_api_key: str = ""
     """Legacy token or personal access token (a JWT refresh token)."""
     allowed_image_hosts: tuple[str, ...] = ()
-    """Hosts absolute image URLs may come from; empty means the Label Studio host alone."""
+    """Hosts absolute image URLs may come from: ``host`` (its default port), ``host:port``, or ``*.example.com``;
+    empty means Label Studio's origin alone."""
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     image_timeout: float = 10.0

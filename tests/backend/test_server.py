@@ -26,7 +26,9 @@ def _predict(url: str, body: dict, images: list[str]) -> requests.Response:
 
 def test_a_deployed_version_answers_without_a_restart_and_requests_in_flight_succeed(
         tmp_path, small_model_dir, media, ls_request):
-    flags = ["--no-worker", "--workers", "1", "--threads", "4", "--model", str(small_model_dir),
+    # 3 clients plus the request after the deploy: 4 predictions at once, below the 5 threads
+    flags = ["--no-worker", "--workers", "1", "--threads", "5", "--max-pending-predicts", "4",
+             "--model", str(small_model_dir),
              "--image-size", "128", "--box-threshold", "0.0", "--text-threshold", "0.0", "--max-detections", "3",
              "--label-studio-url", media.url, "--label-studio-api-key", TOKEN]
     body = ls_request("predict_retrieve_predictions")
