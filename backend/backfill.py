@@ -2,10 +2,11 @@
 
 /predict answers within its budget (Label Studio gives up after 100 s); the tasks it answered without a
 prediction are queued here and predicted one at a time by a thread of the server process, with the model that
-serves their project at that moment. Each prediction goes to the store, so the next "Retrieve predictions"
-answers it at once, and, when Label Studio is configured, straight into Label Studio (``POST /api/predictions``),
-so nobody has to ask again. The queue is bounded; a task that finds it full is dropped (logged) and Label Studio
-asks for it again next time. Queued tasks do not survive a restart, for the same reason that is fine.
+serves their project at that moment (and that version's calibrated thresholds). Each prediction goes to the
+store, so the next "Retrieve predictions" answers it at once, and, when Label Studio is configured, straight
+into Label Studio (``POST /api/predictions``), so nobody has to ask again. The queue is bounded; a task that
+finds it full is dropped (logged) and Label Studio asks for it again next time. Queued tasks do not survive a
+restart, for the same reason that is fine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 
 from active_learning.images import ImageFetcher
 from active_learning.labelstudio.client import LabelStudioClient
-from active_learning.serving.jobs import Job
+from active_learning.serving.jobs import Job, recalibrated
 from active_learning.serving.pool import ModelPool
 from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
 from active_learning.store import Store
@@ -67,6 +68,7 @@ class Backfill:
 
     def _finish(self, task: dict, job: Job) -> None:
         model = self.pool.model_for(job.project_id)
+        job = recalibrated(self.pool.settings, job, model.calibration)  # another version may serve by now
         if stored_prediction(self.store, task, job, model.version) is not None:
             return  # a later /predict (or the worker) answered it meanwhile, and Label Studio has it
         try:

@@ -123,11 +123,11 @@ class Predictor:
         if project_id is not None:
             self.store.projects.set_label_config(project_id, config)
         typed_prompt = _prompt_from_context(schema.prompt_control, params.get("context"))
-        try:
-            job = project_job(self.settings, self.store, schema, project_id, typed_prompt)
+        model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
+        try:  # the job is the model's: its version's calibrated thresholds serve
+            job = project_job(self.settings, self.store, schema, project_id, typed_prompt, model.calibration)
         except PromptError as exc:
             raise RequestError(str(exc)) from None
-        model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
         results = self._predict_tasks(tasks, job, model)
         if project_id is not None and any(results):
             self._keep_in_step(project_id, model.version)

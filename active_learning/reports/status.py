@@ -1,6 +1,8 @@
 """What ``GET /status`` and ``groundloop status`` show, per project: which model version is deployed and which
-serves, the recent training rounds, every model version, and how much annotators corrected each version and what
-that cost them (true objects, edits per object, time saved against drawing every box; see ``corrections``).
+serves, the recent training rounds, every model version (with the box thresholds it serves per class and the
+classes it abstains from, calibrated by its round: ``serving.calibration``), and how much annotators corrected
+each version and what that cost them (true objects, edits per object, time saved against drawing every box; see
+``corrections``).
 
 Correction statistics are listed oldest version first: versions not in the registry (the starting model) in the
 order annotations first started from them, then registered versions by creation. A round's version serves the
@@ -13,6 +15,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from active_learning.reports.corrections import ActionCosts, CorrectionSummary, correction_stats
+from active_learning.serving.calibration import Calibration
 from active_learning.store import Store
 from active_learning.store.tables import ModelVersion, TrainingRun
 
@@ -77,7 +80,14 @@ def _run(run: TrainingRun, candidate: ModelVersion | None) -> dict[str, Any]:
 
 
 def _version(version: ModelVersion) -> dict[str, Any]:
+    """``calibration``: the thresholds the version serves per class, the classes it abstains from and the time
+    saved estimated on validation (``serving.calibration``); None for a version without one (the settings' or
+    the config's threshold serves)."""
+    calibration = Calibration.from_metrics(version.metrics)
     return {"name": version.name, "status": version.status, "parent": version.parent, "metrics": version.metrics,
+            "calibration": None if calibration is None else {
+                "thresholds": dict(calibration.thresholds), "abstained": list(calibration.abstained),
+                "val_time_saved": calibration.val_time_saved},
             "created_at": _time(version.created_at)}
 
 
@@ -114,6 +124,9 @@ def _render_project(p: dict[str, Any], costs: dict[str, float] | None = None) ->
                 [[v["name"], v["status"], v["parent"] or "-", _map(v["metrics"].get("val")), v["created_at"]]
                  for v in p["model_versions"]]),
         "",
+        "  served thresholds (calibrated on validation; a model_score_threshold in the config wins):",
+        *([f"    {v['name']}: {_calibration(v.get('calibration'))}" for v in p["model_versions"]] or ["    (none)"]),
+        "",
         "  corrections by annotators (boxes of each version's predictions, oldest version first):",
         *_table(["model version", "annotations", "unchanged", "kept", "moved", "relabeled", "deleted", "added",
                  "precision", "recall", "true objects", "edits/object", "time saved"],
@@ -144,6 +157,14 @@ def _correction_rows(c: dict[str, Any]) -> list[list[Any]]:
     if len(c.get("controls", {})) > 1:
         rows += [row(f"  control {name}", counts, "", "") for name, counts in c["controls"].items()]
     return rows
+
+
+def _calibration(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "not calibrated (the settings' threshold)"
+    parts = [f"{name} > {threshold:.3f}" for name, threshold in sorted(c["thresholds"].items())]
+    parts += [f"{name} abstained" for name in c["abstained"]]
+    return ", ".join(parts or ["no class calibrated"]) + f"; val time saved {_percent(c.get('val_time_saved'))}"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -3,6 +3,11 @@
 A job is the project's schema, the classes to look for (the schema's, or an interactive prompt's), the detection
 settings and each control's box threshold, and ``params_key``: the one cache-key recipe, a digest of everything
 besides the image and the weights that changes the answer.
+
+A job belongs to the model version that serves it: a version calibrated by its training round (``calibration``)
+brings its per-class thresholds and abstained classes, which apply on every control whose config sets no
+``model_score_threshold`` (a threshold written in the config wins for its control). Build the job after asking
+the pool for the model (``project_job(..., calibration=model.calibration)``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from active_learning.labelstudio.config import ProjectSchema, label_config_for, parse_label_config
+from active_learning.serving.calibration import Calibration
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model.config import DetectionSettings
@@ -31,17 +37,40 @@ class Job:
     detection: DetectionSettings
     """One detect pass for all controls, at the lowest of their box thresholds ..."""
     thresholds: dict[str, float]
-    """... then each control keeps the boxes above its own (``model_score_threshold``, else ours)."""
+    """... then each control keeps the boxes above its own (``model_score_threshold``, else ours) ..."""
     params_key: str
+    class_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """... except that, on controls without ``model_score_threshold``, a class the serving version calibrated
+    keeps the boxes above its calibrated threshold ..."""
+    abstained: frozenset[str] = frozenset()
+    """... and a class it abstains from gets no box there."""
+    calibration: Calibration | None = None
+    """The serving version's calibration the job was made with (None: the settings' threshold serves)."""
+
+    def thresholds_for(self, control: str) -> dict[str, float | None]:
+        """Class -> the threshold its boxes must exceed on ``control`` (None: not served there)."""
+        spec = self.schema.control(control)
+        default = self.thresholds[control]
+        if spec.score_threshold is not None:
+            return {c.name: default for c in spec.classes}
+        return {c.name: None if c.name in self.abstained else self.class_thresholds.get(c.name, default)
+                for c in spec.classes}
 
 
 def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None = None,
-             classes: list[ClassSpec] | None = None) -> Job:
-    """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's)."""
+             classes: list[ClassSpec] | None = None, calibration: Calibration | None = None) -> Job:
+    """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's); ``calibration``: the
+    serving version's (its thresholds and abstentions apply where the config sets no threshold)."""
     classes = tuple(classes if classes is not None else schema.classes)
     thresholds = {c.name: settings.box_threshold if c.score_threshold is None else c.score_threshold
                   for c in schema.rectangle_controls}
-    detection = settings.detection_settings(box_threshold=min(thresholds.values()))
+    names = {c.name for c in classes}
+    class_thresholds = {name: t for name, t in (calibration.thresholds.items() if calibration else ())
+                        if name in names}
+    abstained = frozenset(name for name in (calibration.abstained if calibration else ()) if name in names)
+    calibrated_controls = any(c.score_threshold is None for c in schema.rectangle_controls)
+    lowest = min([*thresholds.values(), *(class_thresholds.values() if calibrated_controls else ())])
+    detection = settings.detection_settings(box_threshold=lowest)
     key_source = {
         "image": [schema.image_name, schema.image_key],
         "controls": sorted(thresholds.items()),
@@ -49,16 +78,28 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
         "classes": [[c.name, list(c.aliases)] for c in classes],
         "detection": dataclasses.asdict(detection),
     }
+    if class_thresholds or abstained:  # absent without calibration: the keys of uncalibrated jobs stay as they were
+        key_source["calibration"] = {"thresholds": sorted(class_thresholds.items()), "abstained": sorted(abstained)}
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
-    return Job(project_id, schema, classes, detection, thresholds, params_key)
+    return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
+               calibration)
+
+
+def recalibrated(settings: Settings, job: Job, calibration: Calibration | None) -> Job:
+    """``job`` for a model with ``calibration`` (the same job when it already is): for a job made earlier
+    whose project is now served by another version (background completion)."""
+    if job.calibration == calibration:
+        return job
+    return make_job(settings, job.schema, job.project_id, list(job.classes), calibration)
 
 
 def project_job(settings: Settings, store: Store, schema: ProjectSchema, project_id: int | None,
-                typed_prompt: str | None = None) -> Job:
+                typed_prompt: str | None = None, calibration: Calibration | None = None) -> Job:
     """The job for a project: its config's classes, or the interactive prompt when the config has one.
 
     ``typed_prompt`` (what the annotator just typed) becomes the project's prompt; without it a config with a
-    prompt ``<TextArea>`` uses the prompt remembered for the project.
+    prompt ``<TextArea>`` uses the prompt remembered for the project. ``calibration``: the serving model's
+    (``LoadedModel.calibration``).
     """
     prompt = typed_prompt
     if prompt:
@@ -69,7 +110,7 @@ def project_job(settings: Settings, store: Store, schema: ProjectSchema, project
     elif not prompt and schema.prompt_control is not None and project_id is not None:
         prompt = store.projects.prompt(project_id)
     classes = classes_for_prompt(prompt, schema.classes) if prompt else None
-    return make_job(settings, schema, project_id, classes)
+    return make_job(settings, schema, project_id, classes, calibration)
 
 
 def folder_job(settings: Settings, classes: list[ClassSpec]) -> Job:

@@ -14,10 +14,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from active_learning.serving.calibration import Calibration
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model.detector import Detector
+
+if TYPE_CHECKING:
+    from active_learning.store.tables import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,14 @@ class ServingModel:
     """The registry name, or None for the starting model (its version then comes from its weights)."""
     weights_digest: str | None = None
     """What ``Detector.version_digest`` was when the version was registered; None for the starting model."""
+    calibration: Calibration | None = None
+    """The version's served thresholds and abstentions (``metrics["calibration"]``, from its training round);
+    None for the starting model and versions without one."""
+
+    @classmethod
+    def of_version(cls, version: "ModelVersion") -> "ServingModel":
+        metrics = version.metrics or {}
+        return cls(version.path, version.name, metrics.get("weights_digest"), Calibration.from_metrics(metrics))
 
 
 class CheckpointError(RuntimeError):
@@ -46,16 +59,18 @@ def starting_model_version(detector: Detector) -> str:
 def serving_model(store: Store, settings: Settings, project_id: int | None) -> ServingModel:
     deployed = store.models.deployed(project_id) if project_id is not None else None
     if deployed is not None:
-        return ServingModel(deployed.path, deployed.name, (deployed.metrics or {}).get("weights_digest"))
+        return ServingModel.of_version(deployed)
     return ServingModel(settings.model, None)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A detector in memory and the ``model_version`` its predictions carry."""
+    """A detector in memory, the ``model_version`` its predictions carry and the version's calibration (what a
+    job made for it serves: ``project_job(..., calibration=model.calibration)``)."""
 
     detector: Detector
     version: str
+    calibration: Calibration | None = None
 
     @classmethod
     def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
@@ -63,7 +78,7 @@ class LoadedModel:
         if serving.weights_digest and detector.version_digest != serving.weights_digest:
             raise CheckpointError(f"weights of {serving.version} changed on disk since they were registered "
                                   f"(digest {detector.version_digest}, registered {serving.weights_digest})")
-        return cls(detector, serving.version or starting_model_version(detector))
+        return cls(detector, serving.version or starting_model_version(detector), serving.calibration)
 
 
 class ModelPool:
@@ -132,7 +147,7 @@ class ModelPool:
         parent = self.store.models.get(version.parent) if version and version.parent else None
         if parent is None:
             return ServingModel(self.settings.model, None)
-        return ServingModel(parent.path, parent.name, (parent.metrics or {}).get("weights_digest"))
+        return ServingModel.of_version(parent)
 
     def _keep(self, source: str, model: LoadedModel) -> LoadedModel:
         with self._lock:

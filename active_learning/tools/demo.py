@@ -97,7 +97,9 @@ class SimulatedProject:
         self.cache = ImageCache(settings)
         self.worker = Worker(settings, self.store, owner="demo")
         self.store.projects.save(ProjectRecord(PROJECT, LABEL_CONFIG, "groundloop demo", None))
-        self.job = make_job(settings, parse_label_config(LABEL_CONFIG), PROJECT)
+        self.schema = parse_label_config(LABEL_CONFIG)
+        self.job = make_job(settings, self.schema, PROJECT)
+        """The job of the version serving now (its calibrated thresholds), set by ``serving``."""
         self._detectors: dict[str, Detector] = {}
         self.next_task = 1
 
@@ -106,6 +108,7 @@ class SimulatedProject:
         if serving.source not in self._detectors:
             self._detectors = {serving.source: Detector.load(serving.source, device=self.settings.device)}
         detector = self._detectors[serving.source]
+        self.job = make_job(self.settings, self.schema, PROJECT, calibration=serving.calibration)
         return detector, serving.version or starting_model_version(detector)
 
     def label(self, sample: SyntheticImage) -> BoxChanges:

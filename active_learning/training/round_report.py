@@ -31,6 +31,9 @@ class RoundReport:
     """What the version the round started from (the deployed one, ``baseline_version``) cost annotators so far:
     its correction summary with the effort estimate (``CorrectionSummary.as_dict()``: true objects, seconds with
     its boxes and from scratch, time saved, edits per object); None when no annotation started from its boxes."""
+    calibration: dict | None = None
+    """The candidate's served thresholds per class, abstained classes and estimated time saved on the validation
+    images (``Calibration.as_metrics()``)."""
 
     @property
     def stem(self) -> str:

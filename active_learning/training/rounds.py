@@ -19,6 +19,7 @@ from typing import Callable
 
 from active_learning.images import ImageCache, cache_labeled_images
 from active_learning.reports.corrections import correction_stats
+from active_learning.serving.calibration import Calibration, calibrate_detector
 from active_learning.serving.pool import LoadedModel, serving_model
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -26,7 +27,7 @@ from active_learning.training.dataset import Dataset, build_dataset
 from active_learning.training.registry import checkpoint_name, register
 from active_learning.training.round_report import RoundReport, write_report
 from model.detector import Detector
-from model.training import EpochResult, evaluate, fit
+from model.training import EpochResult, FitResult, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,13 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     best = result.epochs[result.best_epoch - 1].metrics
     promote = best.map > baseline.map + settings.promotion_margin
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
+    calibration = _calibrate(settings, candidate, result, dataset)
+    log.info("run %d: calibrated thresholds %s, abstained %s, val time saved %s", run_id,
+             dict(calibration.thresholds), list(calibration.abstained), calibration.val_time_saved)
     name = checkpoint_name(project_id, run_id)
     metrics = {"val": best.as_dict(), "baseline": baseline.as_dict(), "best_epoch": result.best_epoch,
-               "train_size": len(dataset.train), "val_size": len(dataset.validation)}
+               "train_size": len(dataset.train), "val_size": len(dataset.validation),
+               "calibration": calibration.as_metrics()}
     register(store, settings, result.best_dir, name, project_id=project_id, parent=deployed_version,
              metrics=metrics, deploy=promote)
     status = "succeeded" if promote else "rejected"
@@ -138,10 +143,24 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
         baseline=baseline.as_dict(), epochs=store.runs.get(run_id).epochs, best_epoch=result.best_epoch,
         train_size=len(dataset.train), val_size=len(dataset.validation), margin=settings.promotion_margin,
         seconds=time.monotonic() - started, skipped=dataset.skipped,
-        baseline_effort=effort.as_dict() if effort else None,
+        baseline_effort=effort.as_dict() if effort else None, calibration=calibration.as_metrics(),
     )
     write_report(report, settings.reports_dir)
     store.runs.finish(run_id, status, model_version=name)
     log.info("run %d: candidate %s val mAP %.4f vs deployed %.4f (+margin %.3f): %s", run_id, name, best.map,
              baseline.map, settings.promotion_margin, "PROMOTED" if promote else "rejected, serving unchanged")
     return RoundOutcome(run_id, status, name, report)
+
+
+def _calibrate(settings: Settings, candidate: Detector, result: FitResult, dataset: Dataset) -> Calibration:
+    """The served thresholds of the BEST checkpoint (what is registered), on the validation split.
+
+    ``fit`` leaves the candidate in memory at its last epoch: when that is not the best one, the best checkpoint
+    is loaded from ``best_dir``. Detection is as served, down to the evaluation threshold.
+    """
+    detector = candidate if result.best_epoch == len(result.epochs) else \
+        Detector.load(result.best_dir, device=settings.device)
+    detector.model.eval()
+    floor = settings.evaluation_settings().box_threshold
+    return calibrate_detector(detector, dataset.validation, dataset.classes,
+                              settings.detection_settings(box_threshold=floor), settings.action_costs())

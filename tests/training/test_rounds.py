@@ -40,6 +40,10 @@ def test_a_round_beats_the_starting_model_and_is_deployed(settings, labeled_stor
     assert deployed.name == outcome.model_version == serving_model(labeled_store, settings, PROJECT).version
     assert (settings.models_dir / deployed.name / "config.json").exists()
     assert deployed.metrics["val"]["map"] == pytest.approx(best)
+    calibration = deployed.metrics["calibration"]  # the version's served thresholds, from its validation split
+    assert set(calibration) >= {"thresholds", "abstained", "val_time_saved"}
+    assert not set(calibration["thresholds"]) & set(calibration["abstained"])
+    assert serving_model(labeled_store, settings, PROJECT).calibration.thresholds == calibration["thresholds"]
     report = settings.reports_dir / f"project-{PROJECT}" / f"run-{outcome.run_id}"
     assert json.loads(report.with_suffix(".json").read_text())["status"] == "succeeded"
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
