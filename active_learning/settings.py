@@ -85,6 +85,8 @@ class Settings:
     weight_decay: float = TrainingConfig.weight_decay
     patience: int = TrainingConfig.patience
     promotion_margin: float = 0.0
+    ap_drop_margin: float = 0.05
+    """A class whose validation AP falls by more than this from the deployed model's is reported as forgotten."""
     val_fraction: float = 0.2
     val_min: int = 2
     freeze_backbone: bool = TrainingConfig.freeze_backbone

@@ -34,6 +34,12 @@ class RoundReport:
     calibration: dict | None = None
     """The candidate's served thresholds per class, abstained classes and estimated time saved on the validation
     images (``Calibration.as_metrics()``)."""
+    baseline_val_time_saved: float | None = None
+    """The deployed model's estimated time saved on the same validation images, calibrated the same way."""
+    decision: str = ""
+    """Why the candidate was promoted or rejected, in one line."""
+    ap_drops: dict = field(default_factory=dict)
+    """Classes whose validation AP fell by more than ``ap_drop_margin``: ``{class: [deployed AP, candidate AP]}``."""
 
     @property
     def stem(self) -> str:
@@ -52,7 +58,7 @@ def plot_round(report: RoundReport, path: Path) -> Path:
                label=f"best epoch {best['epoch']}: {best['map']:.3f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mAP")
-    ax.set_title(f"project {report.project_id}, run {report.run_id}: {report.status}")
+    ax.set_title(f"project {report.project_id}, run {report.run_id}: {report.status}\n{report.decision}", fontsize=8)
     ax.set_xticks(epochs)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

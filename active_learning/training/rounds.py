@@ -110,8 +110,9 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     deployed = LoadedModel.load(serving, settings.device)
     deployed_version = deployed.version
     baseline = evaluate(deployed.detector, dataset.validation, dataset.classes, settings.evaluation_settings())
-    log.info("run %d: deployed %s scores val mAP %.4f on %d images", run_id, deployed_version, baseline.map,
-             len(dataset.validation))
+    baseline_saved = _calibrate_detector(settings, deployed.detector, dataset).val_time_saved
+    log.info("run %d: deployed %s scores val mAP %.4f, time saved %s on %d images", run_id, deployed_version,
+             baseline.map, _percent(baseline_saved), len(dataset.validation))
     del deployed
 
     candidate = Detector.load(serving.source, device=settings.device)
@@ -126,15 +127,20 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging, settings.training_config(),
                  settings.evaluation_settings(), on_epoch_end=on_epoch_end)
     best = result.epochs[result.best_epoch - 1].metrics
-    promote = best.map > baseline.map + settings.promotion_margin
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
     calibration = _calibrate(settings, candidate, result, dataset)
     log.info("run %d: calibrated thresholds %s, abstained %s, val time saved %s", run_id,
-             dict(calibration.thresholds), list(calibration.abstained), calibration.val_time_saved)
+             dict(calibration.thresholds), list(calibration.abstained), _percent(calibration.val_time_saved))
+    promote, decision = decide(best.map, baseline.map, settings.promotion_margin, calibration.val_time_saved,
+                               baseline_saved)
+    drops = ap_drops(baseline.per_class_ap, best.per_class_ap, settings.ap_drop_margin)
+    for label, (before, after) in drops.items():
+        log.warning("run %d: class %r val AP fell from %.3f to %.3f", run_id, label, before, after)
     name = checkpoint_name(project_id, run_id)
     metrics = {"val": best.as_dict(), "baseline": baseline.as_dict(), "best_epoch": result.best_epoch,
                "train_size": len(dataset.train), "val_size": len(dataset.validation),
-               "calibration": calibration.as_metrics()}
+               "calibration": calibration.as_metrics(), "baseline_val_time_saved": baseline_saved,
+               "decision": decision, "ap_drops": drops}
     register(store, settings, result.best_dir, name, project_id=project_id, parent=deployed_version,
              metrics=metrics, deploy=promote)
     status = "succeeded" if promote else "rejected"
@@ -144,12 +150,36 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
         train_size=len(dataset.train), val_size=len(dataset.validation), margin=settings.promotion_margin,
         seconds=time.monotonic() - started, skipped=dataset.skipped,
         baseline_effort=effort.as_dict() if effort else None, calibration=calibration.as_metrics(),
+        baseline_val_time_saved=baseline_saved, decision=decision, ap_drops=drops,
     )
     write_report(report, settings.reports_dir)
     store.runs.finish(run_id, status, model_version=name)
-    log.info("run %d: candidate %s val mAP %.4f vs deployed %.4f (+margin %.3f): %s", run_id, name, best.map,
-             baseline.map, settings.promotion_margin, "PROMOTED" if promote else "rejected, serving unchanged")
+    log.info("run %d: candidate %s %s: %s", run_id, name, "PROMOTED" if promote else "rejected, serving unchanged",
+             decision)
     return RoundOutcome(run_id, status, name, report)
+
+
+def decide(candidate_map: float, baseline_map: float, margin: float, candidate_saved: float | None,
+           baseline_saved: float | None) -> tuple[bool, str]:
+    """Promote only a served pipeline (weights + calibrated thresholds) that beats the deployed one's mAP by the
+    margin AND does not save annotators less time on the same validation images."""
+    scores = f"val mAP {candidate_map:.4f} vs deployed {baseline_map:.4f} (margin {margin:g})"
+    saved = f"time saved {_percent(candidate_saved)} vs deployed {_percent(baseline_saved)}"
+    if candidate_map <= baseline_map + margin:
+        return False, f"{scores}: not better"
+    if candidate_saved is not None and baseline_saved is not None and candidate_saved < baseline_saved:
+        return False, f"{scores}, but {saved}: it would make labeling slower"
+    return True, f"{scores}, {saved}"
+
+
+def ap_drops(before: dict[str, float], after: dict[str, float], margin: float) -> dict[str, list[float]]:
+    """Classes whose AP fell by more than ``margin``: where forgetting shows first."""
+    return {label: [before[label], after[label]] for label in before
+            if label in after and before[label] - after[label] > margin}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
 
 
 def _calibrate(settings: Settings, candidate: Detector, result: FitResult, dataset: Dataset) -> Calibration:
@@ -161,6 +191,10 @@ def _calibrate(settings: Settings, candidate: Detector, result: FitResult, datas
     detector = candidate if result.best_epoch == len(result.epochs) else \
         Detector.load(result.best_dir, device=settings.device)
     detector.model.eval()
+    return _calibrate_detector(settings, detector, dataset)
+
+
+def _calibrate_detector(settings: Settings, detector: Detector, dataset: Dataset) -> Calibration:
     floor = settings.evaluation_settings().box_threshold
     return calibrate_detector(detector, dataset.validation, dataset.classes,
                               settings.detection_settings(box_threshold=floor), settings.action_costs())
