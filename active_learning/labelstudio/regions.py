@@ -9,7 +9,7 @@ rotation about the top-left corner); groundloop works in pixel corners ``[x1, y1
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 MAX_PERCENT = 1000.0
 """Coordinates beyond ±1000 % of the image (or rotations beyond ±1000°) are no drawing, they are garbage."""
@@ -19,7 +19,7 @@ MAX_SIDE = 100_000
 if TYPE_CHECKING:
     import supervision as sv
 
-    from active_learning.labelstudio.config import ProjectSchema
+    from active_learning.labelstudio.config import ProjectSchema, RectangleControl
 
 
 def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
@@ -66,18 +66,14 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
 
 def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema", width: int, height: int, *,
                             control: str | None = None,
-                            thresholds: Mapping[str, float] | None = None,
-                            label_thresholds: Mapping[str, float] | None = None,
-                            abstained: Collection[str] = ()) -> list[dict[str, Any]]:
+                            threshold: Callable[["RectangleControl", str], float | None] | None = None,
+                            ) -> list[dict[str, Any]]:
     """Detections -> Label Studio rectangles in percent, clipped to the image.
 
     Each detection becomes a region of every control that offers its label (a phrase no control offers, typed in
-    an interactive prompt, goes to the first control), or of ``control`` alone when given. ``thresholds`` (per
-    control name) drops detections whose confidence does not exceed that control's box threshold.
-
-    ``label_thresholds`` (per label: a model version's calibrated thresholds) replace the control's threshold for
-    that label, and labels in ``abstained`` get no region, on every control whose config sets no
-    ``model_score_threshold``: a threshold written in the config wins for its control.
+    an interactive prompt, goes to the first control), or of ``control`` alone when given. ``threshold(control,
+    label)`` (a job's ``Job.threshold``) drops detections whose confidence does not exceed it, and every detection
+    of a label it answers None for.
     """
     regions: list[dict[str, Any]] = []
     scores = detections.confidence
@@ -89,13 +85,8 @@ def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema"
         label = str(detections.data["class_name"][i])
         targets = [schema.control(control)] if control else schema.controls_with(label) or [schema.control()]
         for target in targets:
-            explicit = target.score_threshold is not None
-            if not explicit and label in abstained:
-                continue
-            threshold = thresholds.get(target.name, -1.0) if thresholds else -1.0
-            if not explicit and label_thresholds and label in label_thresholds:
-                threshold = label_thresholds[label]
-            if scores is not None and scores[i] <= threshold:
+            bar = threshold(target, label) if threshold else -1.0
+            if bar is None or (scores is not None and scores[i] <= bar):
                 continue
             region = {
                 "id": f"r{len(regions)}",

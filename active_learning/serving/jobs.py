@@ -19,7 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from active_learning.labelstudio.config import ProjectSchema, label_config_for, parse_label_config
+from active_learning.labelstudio.config import ProjectSchema, RectangleControl, label_config_for, parse_label_config
 from active_learning.serving.calibration import Calibration
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -47,14 +47,19 @@ class Job:
     calibration: Calibration | None = None
     """The serving version's calibration the job was made with (None: the settings' threshold serves)."""
 
+    def threshold(self, control: RectangleControl, label: str) -> float | None:
+        """The score ``label``'s boxes must exceed on ``control`` (None: not served there). A threshold written in
+        the config wins for its control; elsewhere the calibrated one, or ours, and abstained labels get none."""
+        if control.score_threshold is not None:
+            return control.score_threshold
+        if label in self.abstained:
+            return None
+        return self.class_thresholds.get(label, self.thresholds[control.name])
+
     def thresholds_for(self, control: str) -> dict[str, float | None]:
-        """Class -> the threshold its boxes must exceed on ``control`` (None: not served there)."""
+        """Class -> ``threshold`` on ``control`` for each of its classes."""
         spec = self.schema.control(control)
-        default = self.thresholds[control]
-        if spec.score_threshold is not None:
-            return {c.name: default for c in spec.classes}
-        return {c.name: None if c.name in self.abstained else self.class_thresholds.get(c.name, default)
-                for c in spec.classes}
+        return {c.name: self.threshold(spec, c.name) for c in spec.classes}
 
 
 def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None = None,
@@ -102,14 +107,12 @@ def project_job(settings: Settings, store: Store, schema: ProjectSchema, project
     (``LoadedModel.calibration``).
     """
     prompt = typed_prompt
-    if prompt:
-        classes_for_prompt(prompt, schema.classes)  # a prompt past the limits is refused, never remembered
-    if prompt and project_id is not None:
-        store.projects.set_prompt(project_id, prompt)
-        log.info("project %s: detection prompt is now %r", project_id, prompt)
-    elif not prompt and schema.prompt_control is not None and project_id is not None:
+    if not prompt and schema.prompt_control is not None and project_id is not None:
         prompt = store.projects.prompt(project_id)
-    classes = classes_for_prompt(prompt, schema.classes) if prompt else None
+    classes = classes_for_prompt(prompt, schema.classes) if prompt else None  # past the limits: refused here ...
+    if typed_prompt and project_id is not None:  # ... so never remembered
+        store.projects.set_prompt(project_id, typed_prompt)
+        log.info("project %s: detection prompt is now %r", project_id, typed_prompt)
     return make_job(settings, schema, project_id, classes, calibration)
 
 

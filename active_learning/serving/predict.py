@@ -57,8 +57,7 @@ def predict_images(detector: "Detector", images: Sequence["Image.Image"], job: J
     detections = detector.detect(list(images), list(job.classes), job.detection)
     return [
         ImagePrediction(
-            result=regions_from_detections(found, job.schema, image.width, image.height, thresholds=job.thresholds,
-                                           label_thresholds=job.class_thresholds, abstained=job.abstained),
+            result=regions_from_detections(found, job.schema, image.width, image.height, threshold=job.threshold),
             score=float(found.metadata["uncertainty"]),
             detections=found,
         )

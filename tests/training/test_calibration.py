@@ -149,12 +149,11 @@ def test_a_threshold_in_the_label_config_wins_over_the_calibrated_one_for_its_co
         xyxy=np.array([[0, 0, 10, 10], [10, 10, 20, 20], [20, 20, 30, 30], [30, 30, 40, 40]], dtype=float),
         confidence=np.array([0.6, 0.9, 0.95, 0.6]),
         data={"class_name": np.array(["cat", "cat", "dog", "bird"])})
-    regions = regions_from_detections(detections, schema, 100, 100, thresholds=job.thresholds,
-                                      label_thresholds=job.class_thresholds, abstained=job.abstained)
+    regions = regions_from_detections(detections, schema, 100, 100, threshold=job.threshold)
     served = sorted((r["from_name"], r["value"]["rectanglelabels"][0], r["score"]) for r in regions)
     assert served == [("animals", "cat", 0.9),  # 0.6 is below cat's calibrated 0.7; the dog is abstained
                       ("strict", "bird", 0.6), ("strict", "cat", 0.6), ("strict", "cat", 0.9)]  # the config's 0.5
-    uncalibrated = regions_from_detections(detections, schema, 100, 100, thresholds=plain.thresholds)
+    uncalibrated = regions_from_detections(detections, schema, 100, 100, threshold=plain.threshold)
     assert len(uncalibrated) == 6  # both cats and the dog on animals; cats and the bird on strict
 
 
