@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 
 
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
 def _env_name(name: str) -> str:
     return ENV_NAMES.get(name, f"GROUNDLOOP_{name.upper()}")
 
@@ -82,6 +85,12 @@ class Settings:
     epochs: int = TrainingConfig.epochs
     batch_size: int = TrainingConfig.batch_size
     learning_rate: float = TrainingConfig.learning_rate
+    refine_lr_factor: float = 0.5
+    """A round whose parent is already a fine-tuned version trains at ``learning_rate`` times this: it refines
+    weights that work instead of moving them as far as the first round must."""
+    lr_schedule: str = TrainingConfig.lr_schedule
+    """``cosine``, ``linear`` or ``constant``, after ``warmup_fraction`` of the steps of warm-up."""
+    warmup_fraction: float = TrainingConfig.warmup_fraction
     weight_decay: float = TrainingConfig.weight_decay
     patience: int = TrainingConfig.patience
     promotion_margin: float = 0.0
@@ -89,6 +98,12 @@ class Settings:
     """A class whose validation AP falls by more than this from the deployed model's is reported as forgotten."""
     val_fraction: float = 0.2
     val_min: int = 2
+    measure_min_annotations: int = 5
+    """After this many annotations the worker measures the starting model on the project (no training): its
+    prompt choice and thresholds tuned on every labeled image, deployed as a version of the same weights; 0: never."""
+    serve_unmeasured: bool = True
+    """The starting model serves boxes before it is measured on the project; false: none until the measuring
+    round (the backend then never serves boxes it has not seen save time)."""
     freeze_backbone: bool = TrainingConfig.freeze_backbone
     freeze_text_encoder: bool = TrainingConfig.freeze_text_encoder
     seed: int = TrainingConfig.seed
@@ -138,9 +153,14 @@ class Settings:
         return dataclasses.replace(EVAL_SETTINGS, nms_iou=self.nms_iou, max_detections=self.max_detections,
                                    image_size=self.image_size)
 
-    def training_config(self) -> TrainingConfig:
+    def training_config(self, refining: bool = False) -> TrainingConfig:
+        """``refining``: the round starts from a fine-tuned version (``refine_lr_factor`` applies)."""
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         return TrainingConfig(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate * (self.refine_lr_factor if refining else 1.0),
+            lr_schedule=self.lr_schedule, warmup_fraction=self.warmup_fraction,
             weight_decay=self.weight_decay, patience=self.patience, freeze_backbone=self.freeze_backbone,
             freeze_text_encoder=self.freeze_text_encoder, seed=self.seed, device=self.device,
         )

@@ -30,6 +30,14 @@ class ClassSpec:
 
     name: str
     aliases: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    """Of the name and aliases, those left out of the prompt (prompt choice found they only add false boxes);
+    the class keeps its name either way."""
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """What is searched: the name and the aliases, less the dropped ones."""
+        return tuple(p for p in (self.name, *self.aliases) if p not in self.dropped)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def phrase_text(name: str) -> str:
 def build_prompts(
     classes: Sequence[ClassSpec], tokenizer: PreTrainedTokenizerBase, max_text_len: int
 ) -> list[Prompt]:
-    """Phrases for every class name and alias, packed in order into as few prompts as fit.
+    """Phrases for every class's ``phrases`` (name and aliases, less the dropped ones), packed in order into as few prompts as fit.
 
     A prompt costs [CLS] + [SEP] plus, per phrase, its tokens and one '.'. A phrase that alone does not
     fit is truncated (with a warning); names that leave no tokens (e.g. "...") are skipped. A class's
@@ -71,7 +79,7 @@ def build_prompts(
     phrases: list[_Phrase] = []
     for class_index, spec in enumerate(classes):
         seen: set[str] = set()
-        for name in (spec.name, *spec.aliases):
+        for name in spec.phrases:
             text = phrase_text(name)
             if text in seen:
                 continue

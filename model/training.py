@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from model.config import EVAL_SETTINGS, DetectionSettings, TrainingConfig
 from model.detector import Detector
@@ -52,6 +53,8 @@ class EpochResult:
     train_loss: float
     metrics: DetectionMetrics
     seconds: float
+    learning_rate: float = 0.0
+    """The rate at the epoch's end (warm-up, then decay: ``TrainingConfig.lr_schedule``)."""
 
 
 @dataclass
@@ -153,7 +156,7 @@ def freeze(model, *, backbone: bool, text_encoder: bool) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def train_one_epoch(model, processor, batches: Sequence[Batch], optimizer, accelerator: Accelerator,
+def train_one_epoch(model, processor, batches: Sequence[Batch], optimizer, scheduler, accelerator: Accelerator,
                     base_size: int, config: TrainingConfig, rng: random.Random, epoch: int) -> float:
     model.train()
     losses = []
@@ -174,6 +177,7 @@ def train_one_epoch(model, processor, batches: Sequence[Batch], optimizer, accel
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         losses.append(loss.item())
         progress.set_postfix(loss=f"{loss.item():.3f}")
         log.debug("epoch %d step %d/%d loss %.4f", epoch, step, len(batches), loss.item())
@@ -222,12 +226,17 @@ def fit(detector: Detector, train: Sequence[TrainingExample], validation: Sequen
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
     model, processor = detector.model, detector.processor
     trainable = freeze(model, backbone=config.freeze_backbone, text_encoder=config.freeze_text_encoder)
-    log.info("fine-tuning %d trainable weights on %d images (%d for validation), device %s",
-             trainable, len(train), len(validation), accelerator.device)
+    log.info("fine-tuning %d trainable weights on %d images (%d for validation), device %s, lr %.2g (%s after "
+             "%.0f %% warm-up)", trainable, len(train), len(validation), accelerator.device, config.learning_rate,
+             config.lr_schedule, 100 * config.warmup_fraction)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
     prompts = build_prompts(classes, processor.tokenizer, model.config.max_text_len)
+    planned_steps = config.epochs * sum(math.ceil(len(train) / config.batch_size) for _ in prompts)
+    scheduler = get_scheduler("constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule,
+                              optimizer, num_warmup_steps=round(config.warmup_fraction * planned_steps),
+                              num_training_steps=planned_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     base_size = eval_settings.image_size or processor.image_processor.size["shortest_edge"]
 
     output_dir = Path(output_dir)
@@ -237,10 +246,11 @@ def fit(detector: Detector, train: Sequence[TrainingExample], validation: Sequen
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
         batches = make_batches(train, prompts, config.batch_size, rng)
-        loss = train_one_epoch(model, processor, batches, optimizer, accelerator, base_size, config, rng, epoch)
+        loss = train_one_epoch(model, processor, batches, optimizer, scheduler, accelerator, base_size, config, rng,
+                               epoch)
         model.eval()
         metrics = evaluate(detector, validation, classes, eval_settings)
-        epoch_result = EpochResult(epoch, loss, metrics, time.monotonic() - started)
+        epoch_result = EpochResult(epoch, loss, metrics, time.monotonic() - started, scheduler.get_last_lr()[0])
         result.epochs.append(epoch_result)
         unwrapped = accelerator.unwrap_model(model)
         improved = result.best_epoch is None or metrics.map > result.epochs[result.best_epoch - 1].metrics.map

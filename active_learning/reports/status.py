@@ -87,7 +87,9 @@ def _version(version: ModelVersion) -> dict[str, Any]:
     return {"name": version.name, "status": version.status, "parent": version.parent, "metrics": version.metrics,
             "calibration": None if calibration is None else {
                 "thresholds": dict(calibration.thresholds), "abstained": list(calibration.abstained),
-                "val_time_saved": calibration.val_time_saved},
+                "val_time_saved": calibration.val_time_saved,
+                "dropped": {name: list(phrases) for name, phrases in calibration.dropped.items()}},
+            "measured_only": bool(version.metrics.get("measured_only")),
             "created_at": _time(version.created_at)}
 
 
@@ -121,10 +123,12 @@ def _render_project(p: dict[str, Any], costs: dict[str, float] | None = None) ->
         "",
         "  model versions:",
         *_table(["name", "status", "parent", "val mAP", "created"],
-                [[v["name"], v["status"], v["parent"] or "-", _map(v["metrics"].get("val")), v["created_at"]]
-                 for v in p["model_versions"]]),
+                [[v["name"], v["status"], v["parent"] or "-",
+                  "measured, not trained" if v.get("measured_only") else _map(v["metrics"].get("val")),
+                  v["created_at"]] for v in p["model_versions"]]),
         "",
-        "  served thresholds (calibrated on validation; a model_score_threshold in the config wins):",
+        "  served pipeline (prompt choice and thresholds tuned on validation; a model_score_threshold in the "
+        "config wins):",
         *([f"    {v['name']}: {_calibration(v.get('calibration'))}" for v in p["model_versions"]] or ["    (none)"]),
         "",
         "  corrections by annotators (boxes of each version's predictions, oldest version first):",
@@ -164,7 +168,10 @@ def _calibration(c: dict[str, Any] | None) -> str:
         return "not calibrated (the settings' threshold)"
     parts = [f"{name} > {threshold:.3f}" for name, threshold in sorted(c["thresholds"].items())]
     parts += [f"{name} abstained" for name in c["abstained"]]
-    return ", ".join(parts or ["no class calibrated"]) + f"; val time saved {_percent(c.get('val_time_saved'))}"
+    dropped = [f"{name}: not searching {', '.join(repr(p) for p in phrases)}"
+               for name, phrases in sorted((c.get("dropped") or {}).items())]
+    return "; ".join([", ".join(parts or ["no class calibrated"]), *dropped,
+                      f"val time saved {_percent(c.get('val_time_saved'))}"])
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

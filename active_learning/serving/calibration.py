@@ -65,11 +65,16 @@ class Calibration:
     ones drawn from scratch); None without any human box."""
     classes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per class: threshold (None if abstained), true objects, seconds with the served boxes and from scratch,
-    time saved."""
+    time saved; ``phrases`` (name or alias -> time saved searched alone) when prompt choice measured them."""
+    dropped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Class -> its name or aliases left out of the served prompt (``prompt_choice``)."""
+    withheld: bool = False
+    """Nothing measured yet and ``serve_unmeasured`` is off: no class is served (never stored with a version)."""
 
     def as_metrics(self) -> dict[str, Any]:
         return {"thresholds": dict(self.thresholds), "abstained": list(self.abstained),
-                "val_time_saved": self.val_time_saved, "classes": {c: dict(v) for c, v in self.classes.items()}}
+                "val_time_saved": self.val_time_saved, "classes": {c: dict(v) for c, v in self.classes.items()},
+                "dropped": {c: list(p) for c, p in self.dropped.items()}}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any] | None) -> "Calibration | None":
@@ -80,16 +85,12 @@ class Calibration:
         try:
             thresholds = {str(name): float(value) for name, value in (raw.get("thresholds") or {}).items()}
             abstained = tuple(str(name) for name in raw.get("abstained") or ())
+            dropped = {str(name): tuple(str(p) for p in phrases) for name, phrases in (raw.get("dropped") or {}).items()}
         except (TypeError, ValueError, AttributeError):
             return None
         saved = raw.get("val_time_saved")
         return cls(thresholds, abstained, float(saved) if isinstance(saved, (int, float)) else None,
-                   raw.get("classes") if isinstance(raw.get("classes"), dict) else {})
-
-    @property
-    def key(self) -> dict[str, Any]:
-        """What changes served boxes, for a job's cache key."""
-        return {"thresholds": sorted(self.thresholds.items()), "abstained": sorted(self.abstained)}
+                   raw.get("classes") if isinstance(raw.get("classes"), dict) else {}, dropped)
 
 
 def class_cost(images: Sequence[ImageBoxes], label: str, threshold: float, costs: ActionCosts) -> dict[str, Any]:
@@ -181,9 +182,16 @@ def scored_boxes(detections: "sv.Detections", size: tuple[int, int]) -> list[dic
 
 
 def calibrate_detector(detector: "Detector", examples: Sequence["TrainingExample"], classes: Sequence["ClassSpec"],
-                       detection: "DetectionSettings", costs: ActionCosts, batch_size: int = 4) -> Calibration:
+                       detection: "DetectionSettings", costs: ActionCosts) -> Calibration:
     """Detect on ``examples`` with ``detection`` (the served settings at a low box threshold: the
     calibration's floor) and ``calibrate`` against their true boxes."""
+    images = detect_validation(detector, examples, classes, detection)
+    return calibrate(images, [c.name for c in classes], costs, floor=detection.box_threshold)
+
+
+def detect_validation(detector: "Detector", examples: Sequence["TrainingExample"], classes: Sequence["ClassSpec"],
+                      detection: "DetectionSettings", batch_size: int = 4) -> list[ImageBoxes]:
+    """The scored boxes ``detector`` finds on each example for ``classes``, beside the example's true boxes."""
     names = [c.name for c in classes]
     images: list[ImageBoxes] = []
     for start in range(0, len(examples), batch_size):
@@ -194,4 +202,4 @@ def calibrate_detector(detector: "Detector", examples: Sequence["TrainingExample
             true = [{"label": names[int(c)], "box": [float(v) for v in box]}
                     for box, c in zip(targets.xyxy.tolist(), targets.class_id.tolist())]
             images.append(ImageBoxes(scored_boxes(detections, example.image.size), true))
-    return calibrate(images, names, costs, floor=detection.box_threshold)
+    return images

@@ -4,10 +4,11 @@ A job is the project's schema, the classes to look for (the schema's, or an inte
 settings and each control's box threshold, and ``params_key``: the one cache-key recipe, a digest of everything
 besides the image and the weights that changes the answer.
 
-A job belongs to the model version that serves it: a version calibrated by its training round (``calibration``)
-brings its per-class thresholds and abstained classes, which apply on every control whose config sets no
-``model_score_threshold`` (a threshold written in the config wins for its control). Build the job after asking
-the pool for the model (``project_job(..., calibration=model.calibration)``).
+A job belongs to the model version that serves it: a version tuned by its training round (``calibration``)
+brings the phrases its prompt choice dropped (searched for no control), and its per-class thresholds and
+abstained classes, which apply on every control whose config sets no ``model_score_threshold`` (a threshold
+written in the config wins for its control). Build the job after asking the pool for the model
+(``project_job(..., calibration=model.calibration)``).
 """
 
 from __future__ import annotations
@@ -66,13 +67,17 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
              classes: list[ClassSpec] | None = None, calibration: Calibration | None = None) -> Job:
     """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's); ``calibration``: the
     serving version's (its thresholds and abstentions apply where the config sets no threshold)."""
-    classes = tuple(classes if classes is not None else schema.classes)
+    dropped = calibration.dropped if calibration else {}
+    classes = tuple(dataclasses.replace(c, dropped=tuple(dropped[c.name])) if c.name in dropped else c
+                    for c in (classes if classes is not None else schema.classes))
     thresholds = {c.name: settings.box_threshold if c.score_threshold is None else c.score_threshold
                   for c in schema.rectangle_controls}
     names = {c.name for c in classes}
     class_thresholds = {name: t for name, t in (calibration.thresholds.items() if calibration else ())
                         if name in names}
     abstained = frozenset(name for name in (calibration.abstained if calibration else ()) if name in names)
+    if calibration is not None and calibration.withheld:
+        abstained = frozenset(names)
     calibrated_controls = any(c.score_threshold is None for c in schema.rectangle_controls)
     lowest = min([*thresholds.values(), *(class_thresholds.values() if calibrated_controls else ())])
     detection = settings.detection_settings(box_threshold=lowest)
@@ -85,6 +90,8 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     }
     if class_thresholds or abstained:  # absent without calibration: the keys of uncalibrated jobs stay as they were
         key_source["calibration"] = {"thresholds": sorted(class_thresholds.items()), "abstained": sorted(abstained)}
+    if any(c.dropped for c in classes):
+        key_source["dropped"] = [[c.name, list(c.dropped)] for c in classes if c.dropped]
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
                calibration)

@@ -60,7 +60,16 @@ def serving_model(store: Store, settings: Settings, project_id: int | None) -> S
     deployed = store.models.deployed(project_id) if project_id is not None else None
     if deployed is not None:
         return ServingModel.of_version(deployed)
-    return ServingModel(settings.model, None)
+    return starting_serving(settings)
+
+
+def starting_serving(settings: Settings) -> ServingModel:
+    """The starting model, as it serves a project no version was deployed for."""
+    return ServingModel(settings.model, None, calibration=None if settings.serve_unmeasured else UNMEASURED)
+
+
+UNMEASURED = Calibration(withheld=True)
+"""What the starting model serves before its measuring round when ``serve_unmeasured`` is off: no box."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,12 @@ class LoadedModel:
 
     @classmethod
     def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
-        detector = Detector.load(serving.source, device=device)
+        return cls.of_detector(serving, Detector.load(serving.source, device=device))
+
+    @classmethod
+    def of_detector(cls, serving: ServingModel, detector: Detector) -> "LoadedModel":
+        """``serving`` with ``detector`` loaded from its source already (a measured starting model shares the
+        starting model's weights)."""
         if serving.weights_digest and detector.version_digest != serving.weights_digest:
             raise CheckpointError(f"weights of {serving.version} changed on disk since they were registered "
                                   f"(digest {detector.version_digest}, registered {serving.weights_digest})")
@@ -100,23 +114,28 @@ class ModelPool:
         self._starting_version: str | None = None
         self._replacements: dict[str, ServingModel] = {}  # a source that failed to load -> what serves instead
         if starting is not None:
-            self._keep(settings.model, LoadedModel(starting, starting_model_version(starting)))
+            self._keep(_key(starting_serving(settings)), LoadedModel.of_detector(starting_serving(settings), starting))
 
     def model_for(self, project_id: int | None) -> LoadedModel:
         """The model serving ``project_id`` now, loaded if needed (``None``: the starting model)."""
         serving = self._serving(project_id)
+        key = _key(serving)
         with self._lock:
-            if serving.source in self._models:
-                self._models.move_to_end(serving.source)
-                return self._models[serving.source]
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
         with self._load_lock:
             with self._lock:  # another thread may have loaded it while this one waited
-                if serving.source in self._models:
-                    return self._models[serving.source]
-            log.info("loading %s (model_version %s) for project %s", serving.source,
-                     serving.version or "from its weights", project_id)
+                if key in self._models:
+                    return self._models[key]
+                same_weights = next((m.detector for m in self._models.values()
+                                     if m.detector.source == serving.source), None)
             try:
-                return self._keep(serving.source, LoadedModel.load(serving, self.settings.device))
+                if same_weights is not None:
+                    return self._keep(key, LoadedModel.of_detector(serving, same_weights))
+                log.info("loading %s (model_version %s) for project %s", serving.source,
+                         serving.version or "from its weights", project_id)
+                return self._keep(key, LoadedModel.load(serving, self.settings.device))
             except Exception as exc:  # noqa: BLE001 - a broken version must not fail its project's requests
                 if serving.version is None:
                     raise  # the starting model: nothing to fall back to
@@ -124,7 +143,7 @@ class ModelPool:
                 log.error("model version %s cannot be loaded (%s); project %s is served by %s instead until "
                           "another version is deployed", serving.version, str(exc).splitlines()[0][:300],
                           project_id, instead.version or self.settings.model)
-                self._replacements[serving.source] = instead
+                self._replacements[key] = instead
         return self.model_for(project_id)  # each failure adds a replacement, ending at the starting model
 
     def version_for(self, project_id: int | None) -> str:
@@ -137,8 +156,8 @@ class ModelPool:
     def _serving(self, project_id: int | None) -> ServingModel:
         """What serves the project: the store's answer, unless that failed to load here before."""
         serving = serving_model(self.store, self.settings, project_id)
-        while serving.source in self._replacements:
-            serving = self._replacements[serving.source]
+        while _key(serving) in self._replacements:
+            serving = self._replacements[_key(serving)]
         return serving
 
     def _previous(self, broken: ServingModel) -> ServingModel:
@@ -146,15 +165,20 @@ class ModelPool:
         version = self.store.models.get(broken.version)
         parent = self.store.models.get(version.parent) if version and version.parent else None
         if parent is None:
-            return ServingModel(self.settings.model, None)
+            return starting_serving(self.settings)
         return ServingModel.of_version(parent)
 
-    def _keep(self, source: str, model: LoadedModel) -> LoadedModel:
+    def _keep(self, key: str, model: LoadedModel) -> LoadedModel:
         with self._lock:
-            self._models[source] = model
-            if source == self.settings.model:
+            self._models[key] = model
+            if key == _key(starting_serving(self.settings)):
                 self._starting_version = model.version
             while len(self._models) > max(1, self.settings.loaded_models):
                 evicted, _ = self._models.popitem(last=False)
                 log.info("unloaded %s (least recently used)", evicted)
         return model
+
+
+def _key(serving: ServingModel) -> str:
+    """A version is held under its name (a measured starting model shares its source with the starting model)."""
+    return serving.version or f"starting:{serving.source}"

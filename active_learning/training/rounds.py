@@ -19,11 +19,13 @@ from typing import Callable
 
 from active_learning.images import ImageCache, cache_labeled_images
 from active_learning.reports.corrections import correction_stats
-from active_learning.serving.calibration import Calibration, calibrate_detector
+from active_learning.serving.calibration import Calibration
+from active_learning.serving.prompt_choice import tune_served_pipeline
 from active_learning.serving.pool import LoadedModel, serving_model
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.training.dataset import Dataset, build_dataset
+from active_learning.training.promotion import ap_drops, decide, percent
 from active_learning.training.registry import checkpoint_name, register
 from active_learning.training.round_report import RoundReport, write_report
 from model.detector import Detector
@@ -84,9 +86,13 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
             for line in cache_labeled_images(store, cache, project_id):
                 log.warning("project %d: %s", project_id, line)
             dataset = build_dataset(store, cache, project_id, settings.val_fraction, settings.val_min)
-            _check_enough(dataset, project_id)
-            store.runs.update(run_id, train_size=len(dataset.train), val_size=len(dataset.validation))
-            outcome = _train_and_decide(settings, store, run_id, project_id, dataset, staging, after_epoch, started)
+            if run.trigger == MEASURE:
+                outcome = _measure_starting_model(settings, store, run_id, project_id, dataset)
+            else:
+                _check_enough(dataset, project_id)
+                store.runs.update(run_id, train_size=len(dataset.train), val_size=len(dataset.validation))
+                outcome = _train_and_decide(settings, store, run_id, project_id, dataset, staging, after_epoch,
+                                            started)
     except Exception as error:  # noqa: BLE001 - a round's failure is recorded, the worker goes on
         log.exception("run %d (project %d) failed", run_id, project_id)
         message = f"{type(error).__name__}: {error}"
@@ -95,6 +101,37 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return outcome
+
+
+MEASURE = "measure"
+"""The trigger of a measuring round (``Worker.schedule_due_rounds``): tune the starting model, train nothing."""
+
+
+def _measure_starting_model(settings: Settings, store: Store, run_id: int, project_id: int,
+                            dataset: Dataset) -> RoundOutcome:
+    """Tune what the starting model serves (prompt choice, thresholds, abstention) on every labeled image, and
+    deploy that as a version of the same weights: the starting model was trained on none of them, so all measure
+    it, and the project gets calibrated boxes long before a fine-tuned version earns its place."""
+    serving = serving_model(store, settings, project_id)
+    examples = dataset.train + dataset.validation
+    if serving.version is not None or not examples:
+        why = f"{serving.version} serves already" if serving.version else "no labeled image to measure on"
+        store.runs.finish(run_id, "rejected", error=f"nothing to measure: {why}")
+        return RoundOutcome(run_id, "rejected", None, error=why)
+    store.runs.update(run_id, train_size=0, val_size=len(examples))
+    starting = LoadedModel.load(serving, settings.device)
+    calibration = _tune(settings, starting.detector, dataset, examples)
+    name = checkpoint_name(project_id, run_id)
+    decision = (f"measured {starting.version} on {len(examples)} labeled images: time saved "
+                f"{percent(calibration.val_time_saved)} with its tuned prompt and thresholds (no training)")
+    store.models.add(name, serving.source, project_id=project_id, parent=starting.version, status="deployed",
+                     metrics={"calibration": calibration.as_metrics(), "val_size": len(examples),
+                              "weights_digest": starting.detector.version_digest, "measured_only": True,
+                              "decision": decision})
+    store.runs.finish(run_id, "succeeded", model_version=name)
+    log.info("run %d: %s; deployed as %s (thresholds %s, abstained %s, dropped %s)", run_id, decision, name,
+             dict(calibration.thresholds), list(calibration.abstained), dict(calibration.dropped))
+    return RoundOutcome(run_id, "succeeded", name)
 
 
 def _check_enough(dataset: Dataset, project_id: int) -> None:
@@ -110,9 +147,9 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     deployed = LoadedModel.load(serving, settings.device)
     deployed_version = deployed.version
     baseline = evaluate(deployed.detector, dataset.validation, dataset.classes, settings.evaluation_settings())
-    baseline_saved = _calibrate_detector(settings, deployed.detector, dataset).val_time_saved
+    baseline_saved = _tune(settings, deployed.detector, dataset).val_time_saved
     log.info("run %d: deployed %s scores val mAP %.4f, time saved %s on %d images", run_id, deployed_version,
-             baseline.map, _percent(baseline_saved), len(dataset.validation))
+             baseline.map, percent(baseline_saved), len(dataset.validation))
     del deployed
 
     candidate = Detector.load(serving.source, device=settings.device)
@@ -120,17 +157,19 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     def on_epoch_end(epoch: EpochResult) -> None:
         store.runs.update(run_id, epoch={
             "epoch": epoch.epoch, "train_loss": epoch.train_loss, "seconds": round(epoch.seconds, 2),
+            "learning_rate": epoch.learning_rate,
             **epoch.metrics.as_dict()})
         if after_epoch is not None:
             after_epoch(epoch)
 
-    result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging, settings.training_config(),
-                 settings.evaluation_settings(), on_epoch_end=on_epoch_end)
+    refining = serving.source != settings.model  # the deployed weights were fine-tuned here already
+    result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging,
+                 settings.training_config(refining), settings.evaluation_settings(), on_epoch_end=on_epoch_end)
     best = result.epochs[result.best_epoch - 1].metrics
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
     calibration = _calibrate(settings, candidate, result, dataset)
     log.info("run %d: calibrated thresholds %s, abstained %s, val time saved %s", run_id,
-             dict(calibration.thresholds), list(calibration.abstained), _percent(calibration.val_time_saved))
+             dict(calibration.thresholds), list(calibration.abstained), percent(calibration.val_time_saved))
     promote, decision = decide(best.map, baseline.map, settings.promotion_margin, calibration.val_time_saved,
                                baseline_saved)
     drops = ap_drops(baseline.per_class_ap, best.per_class_ap, settings.ap_drop_margin)
@@ -159,29 +198,6 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     return RoundOutcome(run_id, status, name, report)
 
 
-def decide(candidate_map: float, baseline_map: float, margin: float, candidate_saved: float | None,
-           baseline_saved: float | None) -> tuple[bool, str]:
-    """Promote only a served pipeline (weights + calibrated thresholds) that beats the deployed one's mAP by the
-    margin AND does not save annotators less time on the same validation images."""
-    scores = f"val mAP {candidate_map:.4f} vs deployed {baseline_map:.4f} (margin {margin:g})"
-    saved = f"time saved {_percent(candidate_saved)} vs deployed {_percent(baseline_saved)}"
-    if candidate_map <= baseline_map + margin:
-        return False, f"{scores}: not better"
-    if candidate_saved is not None and baseline_saved is not None and candidate_saved < baseline_saved:
-        return False, f"{scores}, but {saved}: it would make labeling slower"
-    return True, f"{scores}, {saved}"
-
-
-def ap_drops(before: dict[str, float], after: dict[str, float], margin: float) -> dict[str, list[float]]:
-    """Classes whose AP fell by more than ``margin``: where forgetting shows first."""
-    return {label: [before[label], after[label]] for label in before
-            if label in after and before[label] - after[label] > margin}
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f} %"
-
-
 def _calibrate(settings: Settings, candidate: Detector, result: FitResult, dataset: Dataset) -> Calibration:
     """The served thresholds of the BEST checkpoint (what is registered), on the validation split.
 
@@ -191,10 +207,12 @@ def _calibrate(settings: Settings, candidate: Detector, result: FitResult, datas
     detector = candidate if result.best_epoch == len(result.epochs) else \
         Detector.load(result.best_dir, device=settings.device)
     detector.model.eval()
-    return _calibrate_detector(settings, detector, dataset)
+    return _tune(settings, detector, dataset)
 
 
-def _calibrate_detector(settings: Settings, detector: Detector, dataset: Dataset) -> Calibration:
+def _tune(settings: Settings, detector: Detector, dataset: Dataset, examples=None) -> Calibration:
+    """The served pipeline of ``detector`` (prompt choice, thresholds) tuned on ``examples`` (the validation
+    split by default), detecting as served down to the evaluation threshold."""
     floor = settings.evaluation_settings().box_threshold
-    return calibrate_detector(detector, dataset.validation, dataset.classes,
-                              settings.detection_settings(box_threshold=floor), settings.action_costs())
+    return tune_served_pipeline(detector, dataset.validation if examples is None else examples, dataset.classes,
+                                settings.detection_settings(box_threshold=floor), settings.action_costs())

@@ -27,7 +27,7 @@ from active_learning.serving.publish import publish_to_label_studio
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.store.tables import utcnow
-from active_learning.training.rounds import RoundOutcome, run_round
+from active_learning.training.rounds import MEASURE, RoundOutcome, run_round
 from model.training import EpochResult
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,14 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
     def schedule_due_rounds(self) -> list[int]:
-        """Queue a round for every project with enough new annotations and enough time since its last round."""
+        """Queue a round for every project with enough new annotations and enough time since its last training
+        round; else a measuring round for a project still served by the starting model, unmeasured, once it has
+        ``measure_min_annotations``."""
         queued = []
         for project_id in self.store.projects.ids():
             runs = self.store.runs.of_project(project_id)
-            last = runs[0].requested_at if runs else None
+            trained = [r for r in runs if r.trigger != MEASURE]
+            last = trained[0].requested_at if trained else None
             if last is not None and utcnow() - last < timedelta(minutes=self.settings.train_min_interval_minutes):
                 continue
             fresh = self.store.annotations.count(project_id, since=last)
@@ -52,7 +55,19 @@ class Worker:
                 log.info("project %d: %d new or changed annotations since the last round: queueing one",
                          project_id, fresh)
                 queued.append(self.store.runs.request(project_id, "schedule"))
+            elif self._due_for_measuring(project_id, runs, fresh if last is None else None):
+                log.info("project %d: measuring the starting model on its first labeled images", project_id)
+                queued.append(self.store.runs.request(project_id, MEASURE))
         return queued
+
+    def _due_for_measuring(self, project_id: int, runs: list, labeled: int | None) -> bool:
+        if not self.settings.measure_min_annotations or any(r.trigger == MEASURE for r in runs):
+            return False
+        if self.store.models.deployed(project_id) is not None:
+            return False
+        if labeled is None:
+            labeled = self.store.annotations.count(project_id)
+        return labeled >= self.settings.measure_min_annotations
 
     def reconcile(self, project_id: int) -> None:
         """Pull missed annotations from Label Studio first; a Label Studio that is down does not stop the round."""

@@ -11,6 +11,7 @@ from transformers.loss.loss_grounding_dino import GroundingDinoImageLoss
 from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps
 
 from model import ClassSpec, Detector, build_prompts
+from model.config import DetectionSettings
 from model.synthetic import SHAPE_CLASSES, make_shapes_dataset
 from model.training import TrainingConfig, TrainingExample, augment, encode_batch, evaluate, fit, make_batches
 
@@ -114,3 +115,20 @@ def test_fit_raises_validation_map_and_keeps_the_best_epoch(small_model_dir, tmp
     reloaded = Detector.load(result.best_dir, device="cpu")
     assert evaluate(reloaded, validation, SHAPE_CLASSES).map == best.metrics.map
     assert (tmp_path / "last").is_dir() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_learning_rate_warms_up_then_follows_its_schedule(small_model_dir, tmp_path, schedule):
+    detector = Detector.load(small_model_dir, device="cpu")
+    data = [TrainingExample(s.image, s.targets) for s in make_shapes_dataset(6, seed=3)]
+    # 4 images in batches of 2: 2 steps per epoch, 8 planned; a quarter (2 steps) of warm-up
+    config = TrainingConfig(epochs=4, batch_size=2, learning_rate=1e-3, lr_schedule=schedule, warmup_fraction=0.25,
+                            patience=4)
+    result = fit(detector, data[:4], data[4:], SHAPE_CLASSES, tmp_path, config,
+                 DetectionSettings(box_threshold=0.01, text_threshold=0.0, image_size=64))
+    rates = [e.learning_rate for e in result.epochs]
+    assert rates[0] == pytest.approx(1e-3)  # warm-up ends with the first epoch
+    if schedule == "constant":
+        assert rates == pytest.approx([1e-3] * 4)
+    else:
+        assert rates[0] > rates[1] > rates[2] > rates[3] and rates[3] == pytest.approx(0.0, abs=1e-12)

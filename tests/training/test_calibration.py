@@ -210,7 +210,7 @@ def test_the_thresholds_travel_with_the_version_through_deploy_and_rollback(sett
     status = project_status(store, PROJECT)
     by_name = {v["name"]: v["calibration"] for v in status["model_versions"]}
     assert by_name[V2] == {"thresholds": {"red square": 0.02}, "abstained": ["blue circle", "green triangle"],
-                           "val_time_saved": 0.4}
+                           "val_time_saved": 0.4, "dropped": {}}
     assert by_name[V1]["abstained"] == []
     text = render_status({"projects": [status]})
     assert f"{V2}: red square > 0.020, blue circle abstained, green triangle abstained; val time saved 40%" in text

@@ -3,7 +3,7 @@ time on the same validation images; per-class AP drops are reported."""
 
 from __future__ import annotations
 
-from active_learning.training.rounds import ap_drops, decide
+from active_learning.training.promotion import ap_drops, decide
 
 
 def test_a_better_map_that_saves_less_time_is_refused():
