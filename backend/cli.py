@@ -10,6 +10,11 @@
     groundloop export --project 3 --format coco|voc --out DIR
     groundloop predict IMAGES_DIR --classes "a,b(alias|alias)" --out DIR [--url-prefix P --model ...]
     groundloop demo [--rounds 3 --images-per-round 40 --out DIR]   the whole loop offline, simulated annotator
+    groundloop copy-models --to DIR                           every model the configuration names, into DIR
+
+The commands that load a model (serve, worker, train, predict) check it first (``model.sources``: within a
+second, no torch, one request to the hub and no retries): a model that cannot load ends them with one line on
+stderr naming it, why, and what to do, exit code 2 (the traceback too with ``--log-level DEBUG``).
 
 Each command imports what it needs when it runs (torch only where a model is loaded), so ``--help`` and
 ``status`` answer at once. Every ``Settings`` field is a flag of every command (``box_threshold`` -> ``--box-threshold``), generated from the
@@ -29,11 +34,20 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 from active_learning.settings import Settings, env_name
 from active_learning.tools import CSV_COLUMNS, EXPORT_FORMATS
+from model.sources import ModelSourceError, check_model_source
+
+MODEL_SETTINGS = (("detector", "model"),)
+"""(role, Settings field) of every model a configuration names: what ``copy-models`` copies."""
+
+MODEL_WAY_OUT = ("Way out: --model DIR with a local save_pretrained directory (groundloop copy-models --to DIR "
+                 "writes one where the hub is reachable), or HF_HUB_OFFLINE=1 with the model in the Hugging Face "
+                 "cache, or groundloop demo to see the loop without any download.")
 
 WORKER_STOP_SECONDS = 30
 """Seconds ``serve`` gives the training worker to stop before killing it."""
@@ -42,7 +56,15 @@ WORKER_STOP_SECONDS = 30
 def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(settings, args)
+    try:
+        if args.loads_model:  # before gunicorn forks, before the worker starts: fail here, at once
+            check_model_source(settings.model)
+        return args.run(settings, args)
+    except ModelSourceError as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        print(f"groundloop {args.command}: {exc}. {MODEL_WAY_OUT}", file=sys.stderr)
+        return 2
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[Settings, argparse.Namespace]:
@@ -59,10 +81,11 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Settings, argparse.Namespa
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundloop", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.set_defaults(loads_model=False)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
     serve = commands.add_parser("serve", help="run the ML backend (gunicorn) and the training worker")
     serve.add_argument("--no-worker", action="store_true", help="do not start the training worker beside it")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, loads_model=True)
     sync = commands.add_parser("sync", help="pull a Label Studio project's tasks and annotations into the store")
     sync.add_argument("--project", type=int, required=True, help="Label Studio project id")
     sync.set_defaults(run=_sync)
@@ -75,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("groundloop-demo"), metavar="DIR",
                       help="results.md, rounds.png, and the demo's data (DIR/data) and starting model")
     demo.set_defaults(run=_demo)
+    copy = commands.add_parser("copy-models", help="copy every model the configuration names (--model) from a "
+                                                   "local directory, the hub cache or the hub into DIR, for a "
+                                                   "machine that cannot reach the hub; prints the flags using them")
+    copy.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/<model name> per model")
+    copy.set_defaults(run=_copy_models)
     for command in commands.choices.values():
         for f in dataclasses.fields(Settings):
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -112,7 +140,7 @@ def _interchange_commands(commands) -> None:
     predict.add_argument("--out", type=Path, required=True, metavar="DIR")
     predict.add_argument("--url-prefix", help="task image URL = prefix + file name; default "
                                               "/data/local-files/?d=<IMAGES_DIR's name>/")
-    predict.set_defaults(run=_predict)
+    predict.set_defaults(run=_predict, loads_model=True)
 
 
 def _classes(text: str) -> list:
@@ -177,14 +205,14 @@ def _predict(settings: Settings, args: argparse.Namespace) -> int:
 def _training_commands(commands) -> None:
     """``worker``, ``status``, ``train`` and ``rollback``: the training loop from the command line."""
     commands.add_parser("worker", help="run the training worker (rounds when due, or asked for)").set_defaults(
-        run=_worker)
+        run=_worker, loads_model=True)
     status = commands.add_parser("status", help="per project: deployed version, training runs, corrections")
     status.add_argument("--project", type=int, help="only this project")
     status.add_argument("--json", action="store_true", help="JSON, as GET /status answers")
     status.set_defaults(run=_status)
     train = commands.add_parser("train", help="queue a training round for a project and run it now, here")
     train.add_argument("--project", type=int, required=True)
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, loads_model=True)
     rollback = commands.add_parser("rollback", help="deploy an earlier model version of a project again")
     rollback.add_argument("--project", type=int, required=True)
     rollback.add_argument("--to", required=True, metavar="VERSION", help="a model version name (see status)")
@@ -296,6 +324,31 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
                             command, time.monotonic() - started, "rounds.png")
     (args.out / "results.md").write_text(text)
     print(f"{time.monotonic() - started:.0f} s; wrote {args.out / 'results.md'} and {args.out / 'rounds.png'}")
+    return 0
+
+
+def _copy_models(settings: Settings, args: argparse.Namespace) -> int:
+    """Each model of ``MODEL_SETTINGS``, loaded as served and saved into ``--to``/<its name>; all are checked
+    before the first (long) copy starts."""
+    from model.sources import copy_model, model_short_name
+
+    models = [(role, field, getattr(settings, field)) for role, field in MODEL_SETTINGS]
+    targets = [args.to / model_short_name(source) for _, _, source in models]
+    existing = [str(target) for target in targets if target.exists()]
+    if existing:
+        print(f"groundloop copy-models: {', '.join(existing)} exists already: remove it or choose another --to",
+              file=sys.stderr)
+        return 1
+    for _, _, source in models:
+        check_model_source(source)
+    for (role, _, source), target in zip(models, targets):
+        print(f"{role}: copying {source} to {target} ...", flush=True)
+        copy_model(source, target)
+    flags = " ".join(f"--{field.replace('_', '-')} {target}" for (_, field, _), target in zip(models, targets))
+    variables = " ".join(f"{env_name(field)}={target}" for (_, field, _), target in zip(models, targets))
+    print(f"done; the copies load without the hub (take {args.to} along to a machine without it):\n"
+          f"  groundloop serve {flags}\n"
+          f"  or: {variables} groundloop serve")
     return 0
 
 

@@ -18,6 +18,9 @@ _EXPORTS = {
     "Detector": "model.detector",
     "build_full_size_model": "model.factory",
     "build_small_model": "model.factory",
+    "ModelSourceError": "model.sources",
+    "check_model_source": "model.sources",
+    "copy_model": "model.sources",
 }
 
 __all__ = sorted(_EXPORTS)

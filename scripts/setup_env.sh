@@ -18,7 +18,9 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
         "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }
     }
     pip_install --upgrade pip
-    # torch first and pinned: the CPU build 2.13.0 (on our machines it lies on disk); never a CUDA download.
+    # torch first and pinned to 2.13.0; a torch 2.13.0 already in the venv is kept (README: the CPU wheel from the
+    # PyTorch CPU index on a CPU-only machine; PyPI's Linux wheel is the CUDA build). Our CI machines hold the CPU
+    # build on disk, so CI never downloads a CUDA torch.
     pip_install "torch==2.13.0"
     pip_install -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     touch "$STAMP"

@@ -98,7 +98,8 @@ def test_rollback_deploys_a_known_version_and_refuses_others(tmp_path, capsys):
     assert store.models.deployed(3).name == "groundloop-p3-r1"
 
 
-def test_train_exits_1_when_the_round_fails(tmp_path, capsys):
-    assert main(["train", "--project", "3", *_data_dir_flags(tmp_path)]) == 1  # nothing labeled: it cannot train
+def test_train_exits_1_when_the_round_fails(tmp_path, capsys, small_model_dir):
+    argv = ["train", "--project", "3", "--model", str(small_model_dir), *_data_dir_flags(tmp_path)]
+    assert main(argv) == 1  # nothing labeled: it cannot train
     out = capsys.readouterr().out
     assert "run 1: failed: ValueError: project 3 has no <RectangleLabels> in its label config" in out
