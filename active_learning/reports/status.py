@@ -88,7 +88,8 @@ def _version(version: ModelVersion) -> dict[str, Any]:
             "calibration": None if calibration is None else {
                 "thresholds": dict(calibration.thresholds), "abstained": list(calibration.abstained),
                 "val_time_saved": calibration.val_time_saved,
-                "dropped": {name: list(phrases) for name, phrases in calibration.dropped.items()}},
+                "dropped": {name: list(phrases) for name, phrases in calibration.dropped.items()},
+                "nms_iou": calibration.nms_iou},
             "measured_only": bool(version.metrics.get("measured_only")),
             "created_at": _time(version.created_at)}
 
@@ -170,7 +171,8 @@ def _calibration(c: dict[str, Any] | None) -> str:
     parts += [f"{name} abstained" for name in c["abstained"]]
     dropped = [f"{name}: not searching {', '.join(repr(p) for p in phrases)}"
                for name, phrases in sorted((c.get("dropped") or {}).items())]
-    return "; ".join([", ".join(parts or ["no class calibrated"]), *dropped,
+    nms = [f"NMS IoU {c['nms_iou']:g}"] if c.get("nms_iou") is not None else []
+    return "; ".join([", ".join(parts or ["no class calibrated"]), *dropped, *nms,
                       f"val time saved {_percent(c.get('val_time_saved'))}"])
 
 

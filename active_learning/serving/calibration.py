@@ -18,13 +18,17 @@ threshold is cheaper than that is *abstained*: it serves no boxes (it stays in t
 the prompt changes the other classes' scores) until a later version earns it. A class with no human box on the
 validation images has nothing to be measured against: it is left uncalibrated and served as before.
 
+**NMS.** The boxes are found once without suppression; per-class NMS at each IoU of ``NMS_IOUS`` (and the
+settings' own) is applied to them as serving would, each result is calibrated, and the IoU whose calibration saves
+the most time is served with it (``best_nms``).
+
 ``calibrate`` is pure (scored boxes in, thresholds out); ``calibrate_detector`` runs a detector on validation
 examples first. Serving reads a version's calibration back with ``Calibration.from_metrics``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
 
 GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Thresholds tried besides the boxes' own scores."""
+NMS_IOUS = (0.3, 0.5, 0.7)
+"""NMS IoUs tried (with the settings' own), each calibrated in full; the one saving the most time is served."""
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,15 @@ class Calibration:
     time saved; ``phrases`` (name or alias -> time saved searched alone) when prompt choice measured them."""
     dropped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Class -> its name or aliases left out of the served prompt (``prompt_choice``)."""
+    nms_iou: float | None = None
+    """The NMS IoU served with these thresholds (``best_nms``); None: the settings'."""
     withheld: bool = False
     """Nothing measured yet and ``serve_unmeasured`` is off: no class is served (never stored with a version)."""
 
     def as_metrics(self) -> dict[str, Any]:
         return {"thresholds": dict(self.thresholds), "abstained": list(self.abstained),
                 "val_time_saved": self.val_time_saved, "classes": {c: dict(v) for c, v in self.classes.items()},
-                "dropped": {c: list(p) for c, p in self.dropped.items()}}
+                "dropped": {c: list(p) for c, p in self.dropped.items()}, "nms_iou": self.nms_iou}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any] | None) -> "Calibration | None":
@@ -88,9 +96,10 @@ class Calibration:
             dropped = {str(name): tuple(str(p) for p in phrases) for name, phrases in (raw.get("dropped") or {}).items()}
         except (TypeError, ValueError, AttributeError):
             return None
-        saved = raw.get("val_time_saved")
+        saved, nms_iou = raw.get("val_time_saved"), raw.get("nms_iou")
         return cls(thresholds, abstained, float(saved) if isinstance(saved, (int, float)) else None,
-                   raw.get("classes") if isinstance(raw.get("classes"), dict) else {}, dropped)
+                   raw.get("classes") if isinstance(raw.get("classes"), dict) else {}, dropped,
+                   float(nms_iou) if isinstance(nms_iou, (int, float)) and 0 < nms_iou <= 1 else None)
 
 
 def class_cost(images: Sequence[ImageBoxes], label: str, threshold: float, costs: ActionCosts) -> dict[str, Any]:
@@ -167,6 +176,40 @@ def calibrate(images: Sequence[ImageBoxes], classes: Sequence[str], costs: Actio
     return Calibration(thresholds, tuple(abstained), saved, details)
 
 
+def best_nms(images: Sequence[ImageBoxes], classes: Sequence[str], costs: ActionCosts,
+             detection: "DetectionSettings") -> Calibration:
+    """``calibrate`` after per-class NMS at each IoU of ``NMS_IOUS`` and the settings' own (``images``: boxes
+    found WITHOUT suppression, at ``detection.box_threshold``): the calibration saving the most time, with its
+    IoU. On a tie the settings' IoU, then the lower one."""
+    tried = []
+    for iou in sorted({detection.nms_iou, *NMS_IOUS}, key=lambda v: (v != detection.nms_iou, v)):
+        suppressed = [_suppressed(image, iou, detection.max_detections) for image in images]
+        calibration = calibrate(suppressed, classes, costs, floor=detection.box_threshold)
+        tried.append(replace(calibration, nms_iou=iou))
+    return max(tried, key=lambda c: -1e9 if c.val_time_saved is None else c.val_time_saved)  # first of the best
+
+
+def unsuppressed(detection: "DetectionSettings") -> "DetectionSettings":
+    """``detection`` without NMS or cap, for ``best_nms`` to apply each IoU itself."""
+    return replace(detection, nms_iou=1.0, max_detections=100_000)
+
+
+def _suppressed(image: ImageBoxes, iou: float, max_detections: int) -> ImageBoxes:
+    """Per-class NMS at ``iou``, then the ``max_detections`` most confident: what serving does after thresholds."""
+    import supervision as sv
+
+    if not image.predicted:
+        return image
+    labels = sorted({b["label"] for b in image.predicted})
+    detections = sv.Detections(xyxy=np.array([b["box"] for b in image.predicted], dtype=np.float32),
+                               confidence=np.array([b["score"] for b in image.predicted], dtype=np.float32),
+                               class_id=np.array([labels.index(b["label"]) for b in image.predicted]),
+                               data={"index": np.arange(len(image.predicted))})
+    kept = detections.with_nms(threshold=iou, class_agnostic=False)
+    order = np.argsort(-kept.confidence, kind="stable")[:max_detections]
+    return ImageBoxes([image.predicted[int(i)] for i in kept.data["index"][order]], image.true)
+
+
 def scored_boxes(detections: "sv.Detections", size: tuple[int, int]) -> list[dict[str, Any]]:
     """Detections -> ``{"label", "box", "score"}``, clipped to the image as served boxes are (empty ones go)."""
     width, height = size
@@ -184,9 +227,9 @@ def scored_boxes(detections: "sv.Detections", size: tuple[int, int]) -> list[dic
 def calibrate_detector(detector: "Detector", examples: Sequence["TrainingExample"], classes: Sequence["ClassSpec"],
                        detection: "DetectionSettings", costs: ActionCosts) -> Calibration:
     """Detect on ``examples`` with ``detection`` (the served settings at a low box threshold: the
-    calibration's floor) and ``calibrate`` against their true boxes."""
-    images = detect_validation(detector, examples, classes, detection)
-    return calibrate(images, [c.name for c in classes], costs, floor=detection.box_threshold)
+    calibration's floor), then ``best_nms``: thresholds and NMS IoU against their true boxes."""
+    images = detect_validation(detector, examples, classes, unsuppressed(detection))
+    return best_nms(images, [c.name for c in classes], costs, detection)
 
 
 def detect_validation(detector: "Detector", examples: Sequence["TrainingExample"], classes: Sequence["ClassSpec"],

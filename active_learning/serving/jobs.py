@@ -81,6 +81,8 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     calibrated_controls = any(c.score_threshold is None for c in schema.rectangle_controls)
     lowest = min([*thresholds.values(), *(class_thresholds.values() if calibrated_controls else ())])
     detection = settings.detection_settings(box_threshold=lowest)
+    if calibration is not None and calibration.nms_iou is not None:
+        detection = dataclasses.replace(detection, nms_iou=calibration.nms_iou)
     key_source = {
         "image": [schema.image_name, schema.image_key],
         "controls": sorted(thresholds.items()),

@@ -11,8 +11,9 @@ measured on the validation images instead of trusted:
 2. **Choice.** A phrase that alone saves time (costs less than drawing the class's objects from scratch) is kept;
    the others are dropped from the served prompt. When no phrase saves time alone, the cheapest one is kept (the
    class is then usually abstained). A class without true boxes on validation keeps every phrase.
-3. **Check.** The prompt with the choice is calibrated as usual (thresholds, abstention) and replaces the full
-   prompt only if it saves at least as much time on the same images; otherwise nothing is dropped.
+3. **Check.** The prompt with the choice is calibrated as usual (thresholds, abstention, and the NMS IoU:
+   ``calibration.calibrate_detector``) and replaces the full prompt only if it saves at least as much time on the same
+   images; otherwise nothing is dropped.
 
 Dropped phrases stay in the label config; the choice is stored with the version beside its thresholds
 (``Calibration.dropped``, per-phrase figures in ``Calibration.classes``), served with it and shown in status.

@@ -15,7 +15,8 @@ from active_learning.labelstudio.config import parse_label_config
 from active_learning.labelstudio.regions import regions_from_detections
 from active_learning.reports.corrections import ActionCosts
 from active_learning.reports.status import project_status, render_status
-from active_learning.serving.calibration import Calibration, ImageBoxes, calibrate, calibrate_detector, class_cost
+from active_learning.serving.calibration import Calibration, ImageBoxes, best_nms, calibrate, calibrate_detector, \
+    class_cost
 from active_learning.serving.jobs import make_job, project_job, recalibrated
 from active_learning.serving.pool import ModelPool
 from active_learning.serving.predict import predict_images
@@ -210,7 +211,7 @@ def test_the_thresholds_travel_with_the_version_through_deploy_and_rollback(sett
     status = project_status(store, PROJECT)
     by_name = {v["name"]: v["calibration"] for v in status["model_versions"]}
     assert by_name[V2] == {"thresholds": {"red square": 0.02}, "abstained": ["blue circle", "green triangle"],
-                           "val_time_saved": 0.4, "dropped": {}}
+                           "val_time_saved": 0.4, "dropped": {}, "nms_iou": None}
     assert by_name[V1]["abstained"] == []
     text = render_status({"projects": [status]})
     assert f"{V2}: red square > 0.020, blue circle abstained, green triangle abstained; val time saved 40%" in text
@@ -232,3 +233,27 @@ def test_predict_serves_with_the_serving_versions_thresholds(settings, small_mod
         "the starting model serves every class (same weights: the difference is the version's calibration)"
     assert {r["value"]["rectanglelabels"][0] for r in after["result"]} <= {"red square"}
     assert all(r["score"] > 0.02 for r in after["result"])
+
+
+def test_the_nms_iou_that_saves_the_most_time_is_served_with_the_thresholds(tmp_path):
+    # image 1: a duplicate of a found car overlaps it at IoU 0.6; image 2: two true cars overlap each other at 0.6.
+    # NMS at 0.5 removes the duplicate but also one of the two cars; at 0.7 both cars stay and the duplicate costs
+    # a deletion: 1.6 + 1.5 + 1.6 + 1.6 = 6.3 s against 1.6 + 1.6 + 7 = 10.2 s
+    images = [
+        ImageBoxes([box("car", 0, 0, 10, 10, 0.9), box("car", 0, 0, 10, 6, 0.8)], [box("car", 0, 0, 10, 10)]),
+        ImageBoxes([box("car", 20, 20, 30, 30, 0.8), box("car", 20, 20, 30, 26, 0.75)],
+                   [box("car", 20, 20, 30, 30), box("car", 20, 20, 30, 26)]),
+    ]
+    detection = DetectionSettings(box_threshold=FLOOR, nms_iou=0.5)
+    calibration = best_nms(images, ["car"], COSTS, detection)
+    assert calibration.nms_iou == 0.7
+    assert calibration.classes["car"]["seconds_with_predictions"] == pytest.approx(6.3)
+    assert calibration.val_time_saved == pytest.approx(1 - 6.3 / 21)
+    # without overlapping cars nothing beats the settings' IoU: it stays
+    assert best_nms(images[:1], ["car"], COSTS, detection).nms_iou == 0.5
+
+    settings = Settings(data_dir=tmp_path)
+    job = make_job(settings, parse_label_config(LABEL_CONFIG), PROJECT, calibration=calibration)
+    assert job.detection.nms_iou == 0.7
+    assert make_job(settings, parse_label_config(LABEL_CONFIG), PROJECT).detection.nms_iou == settings.nms_iou
+    assert Calibration.from_metrics({"calibration": calibration.as_metrics()}).nms_iou == 0.7
