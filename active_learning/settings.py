@@ -85,9 +85,9 @@ class Settings:
     epochs: int = TrainingConfig.epochs
     batch_size: int = TrainingConfig.batch_size
     learning_rate: float = TrainingConfig.learning_rate
-    refine_lr_factor: float = 0.5
-    """A round whose parent is already a fine-tuned version trains at ``learning_rate`` times this: it refines
-    weights that work instead of moving them as far as the first round must."""
+    refine_lr_factor: float = 1.0
+    """A round whose parent is already a fine-tuned version trains at ``learning_rate`` times this (0.5 was
+    measured in the demo: no better; bench/demo/time_saved.md)."""
     lr_schedule: str = TrainingConfig.lr_schedule
     """``cosine``, ``linear`` or ``constant``, after ``warmup_fraction`` of the steps of warm-up."""
     warmup_fraction: float = TrainingConfig.warmup_fraction

@@ -29,7 +29,7 @@ from active_learning.training.promotion import ap_drops, decide, percent
 from active_learning.training.registry import checkpoint_name, register
 from active_learning.training.round_report import RoundReport, write_report
 from model.detector import Detector
-from model.training import EpochResult, FitResult, evaluate, fit
+from model.training import EpochResult, FitResult, TrainingExample, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,9 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     best = result.epochs[result.best_epoch - 1].metrics
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
     calibration = _calibrate(settings, candidate, result, dataset)
-    log.info("run %d: calibrated thresholds %s, abstained %s, val time saved %s", run_id,
-             dict(calibration.thresholds), list(calibration.abstained), percent(calibration.val_time_saved))
+    log.info("run %d: tuned thresholds %s, abstained %s, dropped phrases %s, NMS IoU %s, val time saved %s", run_id,
+             dict(calibration.thresholds), list(calibration.abstained), dict(calibration.dropped),
+             calibration.nms_iou, percent(calibration.val_time_saved))
     promote, decision = decide(best.map, baseline.map, settings.promotion_margin, calibration.val_time_saved,
                                baseline_saved)
     drops = ap_drops(baseline.per_class_ap, best.per_class_ap, settings.ap_drop_margin)
@@ -210,9 +211,10 @@ def _calibrate(settings: Settings, candidate: Detector, result: FitResult, datas
     return _tune(settings, detector, dataset)
 
 
-def _tune(settings: Settings, detector: Detector, dataset: Dataset, examples=None) -> Calibration:
-    """The served pipeline of ``detector`` (prompt choice, thresholds) tuned on ``examples`` (the validation
-    split by default), detecting as served down to the evaluation threshold."""
+def _tune(settings: Settings, detector: Detector, dataset: Dataset,
+          examples: list[TrainingExample] | None = None) -> Calibration:
+    """The served pipeline of ``detector`` (prompt choice, thresholds, NMS IoU) tuned on ``examples`` (the
+    validation split by default), detecting as served down to the evaluation threshold."""
     floor = settings.evaluation_settings().box_threshold
     return tune_served_pipeline(detector, dataset.validation if examples is None else examples, dataset.classes,
                                 settings.detection_settings(box_threshold=floor), settings.action_costs())

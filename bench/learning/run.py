@@ -1,7 +1,7 @@
-"""bench/learning: the small model through simulated labeling rounds (see active_learning/simulation.py).
+"""bench/learning: the small model through simulated labeling rounds (see active_learning/tools/demo.py).
 
-Writes bench/learning/results.md (table of held-out mAP and correction effort per round, machine, date) and
-bench/learning/rounds.png.
+Writes bench/learning/results-<date>.md (table of held-out mAP, correction effort and time saved per round,
+machine, date) and rounds-<date>.png beside the earlier results, for comparison.
 
     .venv/bin/python bench/learning/run.py [--rounds 4] [--images-per-round 40]
 """
@@ -12,6 +12,7 @@ import argparse
 import logging
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -33,12 +34,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_demo(Path(tmp), rounds=args.rounds, images_per_round=args.images_per_round, seed=args.seed,
                         report=lambda row: print(format_table([row]).splitlines()[-1], flush=True))
-    plot_rows(rows, HERE / "rounds.png")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    plot = f"rounds-{stamp}.png"
+    plot_rows(rows, HERE / plot)
     command = (f".venv/bin/python bench/learning/run.py --rounds {args.rounds} "
                f"--images-per-round {args.images_per_round} --seed {args.seed}")
     text = results_markdown(rows, "Learning across labeling rounds (simulated annotator, small model, synthetic "
-                            "shapes)", command, time.monotonic() - started, "rounds.png")
-    (HERE / "results.md").write_text(text)
+                            "shapes)", command, time.monotonic() - started, plot)
+    (HERE / f"results-{stamp}.md").write_text(text)
     print(text)
 
 

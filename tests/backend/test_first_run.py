@@ -14,10 +14,9 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +25,7 @@ import pytest
 from backend.cli import _parser
 from model.sources import GROUNDING_DINO_MODEL_TYPES, check_model_source
 from tests.support.backend import groundloop_serve
-from tests.support.net import free_port
+from tests.support.net import free_port, http_server
 
 GROUNDLOOP = str(Path(sys.executable).parent / "groundloop")
 FAIL_WITHIN_SECONDS = 10
@@ -75,12 +74,8 @@ def fake_hub(repos: dict[str, dict[str, bytes]]) -> Iterator[str]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with http_server(Handler) as url:
+        yield url
 
 
 def hub_env(tmp_path: Path, endpoint: str, offline: bool = False, cache: Path | None = None) -> dict[str, str]:

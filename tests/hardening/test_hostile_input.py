@@ -8,10 +8,9 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import threading
 import zlib
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
@@ -20,6 +19,7 @@ from PIL import Image
 from active_learning.images import ImageError, ImageFetcher
 from model.prompts import ClassSpec, build_prompts
 from tests.support.backend import TOKEN
+from tests.support.net import http_server
 
 GOOD_PNG = io.BytesIO()
 Image.new("RGB", (64, 48), (10, 200, 30)).save(GOOD_PNG, format="PNG")
@@ -59,10 +59,8 @@ def hostile_media() -> Iterator[tuple[str, list[str]]]:
             self.end_headers()
             self.wfile.write(body or b"")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", seen
-    server.shutdown()
+    with http_server(Handler) as url:
+        yield url, seen
 
 
 def _predict(client, ls_request, images: list[str]):
