@@ -13,7 +13,7 @@ import supervision as sv
 import torch
 from PIL import Image
 from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-from transformers.image_transforms import center_to_corners_format
+from transformers.image_transforms import center_to_corners_format, get_size_with_aspect_ratio
 
 from model.assignment import QueryClasses, assign_classes, phrase_token_masks
 from model.config import DetectionSettings
@@ -114,17 +114,38 @@ class Detector:
         so padding changes the features near the border and the boxes (measured: by up to 0.75 of the
         image). Same-shape batches give the same results as single images.
         """
-        size = {}
-        if image_size:
-            size = {"size": {"shortest_edge": image_size, "longest_edge": round(image_size * _LONGEST_TO_SHORTEST)}}
+        image_processor = self.processor.image_processor
         groups: dict[tuple[int, int], tuple[list[int], list[torch.Tensor]]] = {}
         for index, image in enumerate(images):
-            pixels = self.processor.image_processor(images=image.convert("RGB"), return_tensors="pt", **size)
+            image, resized = self._reduce(image, image_size)
+            # A reduced image is already at the processor's own size: its resize is skipped, not repeated.
+            kwargs = {"do_resize": False} if resized else {}
+            pixels = image_processor(images=image, return_tensors="pt", **kwargs)
             pixel_values = pixels["pixel_values"]
             indices, tensors = groups.setdefault(tuple(pixel_values.shape[-2:]), ([], []))
             indices.append(index)
             tensors.append(pixel_values)
         return [(indices, torch.cat(tensors)) for indices, tensors in groups.values()]
+
+    def _reduce(self, image: Image.Image, image_size: int) -> tuple[Image.Image, bool]:
+        """The RGB image at the size the processor resizes it to (``model_input_size``), with the processor's
+        resampling filter, and whether it was resized here.
+
+        The processor would turn the full image into arrays first (one uint8 copy, then a PIL copy to resize):
+        resizing the PIL image before it keeps the memory per image near the decoded image's own. The pixels are
+        the same, since the processor's PIL backend resizes with this same ``Image.resize`` call. RGB and L images
+        are resized before their conversion to RGB (no full-size copy); other modes (palette, alpha) are
+        converted first, as the processor would.
+        """
+        image_processor = self.processor.image_processor
+        if not getattr(image_processor, "do_resize", True):
+            return image.convert("RGB"), False
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        height, width = model_input_size(image.height, image.width, image_size, image_processor.size)
+        if (width, height) != image.size:
+            image = image.resize((width, height), resample=image_processor.resample)
+        return (image if image.mode == "RGB" else image.convert("RGB")), True
 
     def _forward(self, pixel_values: torch.Tensor, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Token probabilities ``(batch, queries, max_text_len)`` and boxes ``(batch, queries, 4)``, on CPU."""
@@ -143,6 +164,17 @@ class Detector:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
+
+
+def model_input_size(height: int, width: int, image_size: int, default_size) -> tuple[int, int]:
+    """``(height, width)`` the model sees for an image of ``height`` x ``width``: shortest edge ``image_size``
+    (longest edge at most ``image_size * 1333 / 800``), or the processor's own ``default_size`` when
+    ``image_size`` is 0. Computed by the helper the Grounding DINO image processor itself uses."""
+    if image_size:
+        shortest, longest = image_size, round(image_size * _LONGEST_TO_SHORTEST)
+    else:
+        shortest, longest = default_size["shortest_edge"], default_size["longest_edge"]
+    return get_size_with_aspect_ratio((height, width), shortest, longest or shortest)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
