@@ -33,31 +33,14 @@ BOUND_MB = 600
 
 CHILD = r"""
 import json, resource, sys, time
-import torch
 from PIL import Image
 from active_learning.images.fetcher import decode
 from model import Detector
 from model.config import DetectionSettings
-from model.detector import _LONGEST_TO_SHORTEST
 from model.prompts import ClassSpec
+from tests.model.test_image_memory import old_pixel_batches  # the code before the reduction
 
 mode, model_dir, jpeg_path = sys.argv[1:4]
-
-
-def old_pixel_batches(self, images, image_size):
-    # Detector._pixel_batches before the reduction: the processor gets the full image.
-    size = {}
-    if image_size:
-        size = {"size": {"shortest_edge": image_size, "longest_edge": round(image_size * _LONGEST_TO_SHORTEST)}}
-    groups = {}
-    for index, image in enumerate(images):
-        pixels = self.processor.image_processor(images=image.convert("RGB"), return_tensors="pt", **size)
-        pixel_values = pixels["pixel_values"]
-        indices, tensors = groups.setdefault(tuple(pixel_values.shape[-2:]), ([], []))
-        indices.append(index)
-        tensors.append(pixel_values)
-    return [(indices, torch.cat(tensors)) for indices, tensors in groups.values()]
-
 
 if mode == "before":
     Detector._pixel_batches = old_pixel_batches

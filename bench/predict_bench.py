@@ -17,55 +17,25 @@ import argparse
 import io
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' loopback helpers
+from tests.support.media import media_server  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "predict.md"
 TOKEN = "bench-token"
 CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
           '<Label value="red square"/><Label value="blue circle" predicted_values="blue disc"/>'
           '<Label value="green triangle"/></RectangleLabels></View>')
-
-
-@contextmanager
-def media_server(images: dict[str, bytes]):
-    """Label Studio's media, as far as the backend sees it: /data/upload/... behind a token."""
-
-    class Media(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            body = images.get(self.path)
-            ok = body is not None and self.headers.get("Authorization") == f"Token {TOKEN}"
-            self.send_response(200 if ok else 404)
-            self.send_header("Content-Length", str(len(body) if ok else 0))
-            self.end_headers()
-            if ok:
-                self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Media)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -138,7 +108,7 @@ def main() -> None:
         images = pngs(1 + args.reps * args.tasks, 512, seed=1)
         cached = pngs(100, 128, seed=2)
         classes = parse_label_config(CONFIG).rectangle_controls[0].classes
-        with media_server({**images, **cached}) as media:
+        with media_server({**images, **cached}.get, TOKEN) as media:
             # 1. full size: server end to end vs detect() on the same images, interleaved so that drift in
             #    the machine's speed hits both alike; the first image warms up both.
             urls = list(images)

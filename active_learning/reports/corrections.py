@@ -80,8 +80,13 @@ class BoxChanges:
         return self.true_positives / self.final if self.final else None
 
     @property
+    def edits(self) -> int:
+        """Boxes the annotator had to touch: moved, relabeled, deleted or added."""
+        return self.moved + self.relabeled + self.deleted + self.added
+
+    @property
     def unchanged(self) -> bool:
-        return self.moved == self.relabeled == self.deleted == self.added == 0
+        return self.edits == 0
 
     def __iadd__(self, other: "BoxChanges") -> "BoxChanges":
         for f in fields(BoxChanges):
@@ -122,13 +127,12 @@ def estimate_effort(changes: BoxChanges, costs: ActionCosts) -> dict[str, Any]:
                         + costs.relabel * changes.relabeled + costs.delete * changes.deleted
                         + costs.draw * changes.added)
     from_scratch = costs.draw * true_objects
-    edits = changes.moved + changes.relabeled + changes.deleted + changes.added
     return {
         "true_objects": true_objects,
         "seconds_with_predictions": round(with_predictions, 3),
         "seconds_from_scratch": round(from_scratch, 3),
         "time_saved": 1 - with_predictions / from_scratch if from_scratch > 0 else None,
-        "edits_per_object": edits / true_objects if true_objects else None,
+        "edits_per_object": changes.edits / true_objects if true_objects else None,
     }
 
 

@@ -162,7 +162,8 @@ def run_demo(work_dir: Path, rounds: int = 3, images_per_round: int = 40, heldou
     detector, starting_version = project.serving()
     rows = [RoundRow(
         round=0, served_version="-", images=0, boxes_predicted=0, boxes_true=0, accepted_unchanged=0,
-        corrections=0, edits_per_object=None, time_saved=None, round_status="start", candidate_val_map=None, baseline_val_map=None,
+        corrections=0, edits_per_object=None, time_saved=None, round_status="start", candidate_val_map=None,
+        baseline_val_map=None,
         deployed_version=starting_version, heldout_map=evaluate(detector, heldout, SHAPE_CLASSES, eval_at).map,
         seconds=time.monotonic() - started,
     )]
@@ -193,7 +194,7 @@ def run_demo(work_dir: Path, rounds: int = 3, images_per_round: int = 40, heldou
         row = RoundRow(
             round=number, served_version=" > ".join(served), images=images_per_round,
             boxes_predicted=changes.predicted, boxes_true=changes.final, accepted_unchanged=changes.kept,
-            corrections=changes.moved + changes.relabeled + changes.deleted + changes.added,
+            corrections=changes.edits,
             edits_per_object=effort["edits_per_object"], time_saved=effort["time_saved"],
             round_status=trained.status, candidate_val_map=max(e["map"] for e in run.epochs),
             baseline_val_map=trained.report.baseline["map"], deployed_version=deployed_version,

@@ -36,8 +36,9 @@ def _noise(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
 
 
-def _old_pixel_batches(detector, images, image_size):
-    """The code before the reduction: the processor gets the full RGB image and resizes it itself."""
+def old_pixel_batches(detector, images, image_size):
+    """The code before the reduction: the processor gets the full RGB image and resizes it itself (also the
+    'before' of bench/image_memory_bench.py)."""
     size = {}
     if image_size:
         size = {"size": {"shortest_edge": image_size, "longest_edge": round(image_size * _LONGEST_TO_SHORTEST)}}
@@ -56,7 +57,7 @@ def test_same_pixels_as_the_processor_on_the_full_image(detector, image_size):
     images = [_noise((640, 480), "RGB", 1), _noise((1001, 333), "L", 2), _noise((300, 900), "RGBA", 3),
               _noise((97, 61), "P", 4), _noise((640, 480), "RGB", 5)]
     new = detector._pixel_batches(images, image_size)
-    old = _old_pixel_batches(detector, images, image_size)
+    old = old_pixel_batches(detector, images, image_size)
     assert [indices for indices, _ in new] == [indices for indices, _ in old]
     for (_, new_pixels), (_, old_pixels) in zip(new, old):
         assert new_pixels.shape == old_pixels.shape
@@ -68,7 +69,7 @@ def test_same_detections_as_the_processor_on_the_full_image(detector, monkeypatc
     settings = DetectionSettings(image_size=128, box_threshold=0.0, text_threshold=0.0)
     new = detector.detect(images, CLASSES, settings)
     with monkeypatch.context() as patch:
-        patch.setattr(type(detector), "_pixel_batches", _old_pixel_batches)
+        patch.setattr(type(detector), "_pixel_batches", old_pixel_batches)
         old = detector.detect(images, CLASSES, settings)
     assert sum(len(found) for found in new) > 0
     for image, found, expected in zip(images, new, old):
