@@ -107,7 +107,7 @@ def main() -> None:
         small = build_small_model(tmp / "small")
         images = pngs(1 + args.reps * args.tasks, 512, seed=1)
         cached = pngs(100, 128, seed=2)
-        classes = parse_label_config(CONFIG).rectangle_controls[0].classes
+        classes = parse_label_config(CONFIG).controls[0].classes
         with media_server({**images, **cached}.get, TOKEN) as media:
             # 1. full size: server end to end vs detect() on the same images, interleaved so that drift in
             #    the machine's speed hits both alike; the first image warms up both.

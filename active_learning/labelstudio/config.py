@@ -1,10 +1,14 @@
-"""The project schema: what a Label Studio labeling config asks of a box detector, read once, used everywhere.
+"""The project schema: what a Label Studio labeling config asks of the detector, read once, used everywhere.
 
 Parsing goes through label-studio-sdk's ``LabelInterface`` (the same parser Label Studio uses). A schema is every
-``<RectangleLabels>`` control on the config's ``<Image>`` (its name, classes with aliases, threshold) and an
-optional ``<TextArea>`` on that image whose text is an interactive detection prompt (as in Label Studio's own
-Grounding DINO example). Serving, training, import, export and correction statistics all read a project through
-this one object, so a config with several controls is served, trained and exported alike.
+labels control on the config's ``<Image>`` that groundloop pre-annotates: ``<RectangleLabels>`` (boxes),
+``<BrushLabels>`` and ``<PolygonLabels>`` (masks: Grounding DINO's boxes prompt the segmenter), each with its
+name, classes with aliases and threshold; an optional ``<TextArea>`` on that image whose text is an interactive
+detection prompt (as in Label Studio's own Grounding DINO example); and the smart tools an annotator prompts the
+segmenter with (``<KeyPointLabels smart="true">``, and ``<RectangleLabels smart="true">`` in a config with masks),
+which are answered interactively and never pre-annotated. Serving, training, import, export and correction
+statistics all read a project through this one object, so a config with several controls is served, trained and
+exported alike.
 
 Conventions of the official ML backends: ``<Label value="car" predicted_values="automobile,truck"/>`` lets the
 model look for other phrases and still answer "car"; ``model_score_threshold="0.5"`` on the control tag sets the
@@ -34,13 +38,36 @@ class LabelConfigError(ValueError):
     """The label config cannot be used; the message says why in one line."""
 
 
+BOXES = "rectanglelabels"
+BRUSH = "brushlabels"
+POLYGON = "polygonlabels"
+KEYPOINTS = "keypointlabels"
+MASK_KINDS = (BRUSH, POLYGON)
+"""Label Studio's region types (``type`` of a result item, the control tag lowercased) groundloop answers."""
+
+
 @dataclass(frozen=True)
-class RectangleControl:
+class LabelsControl:
     name: str
     """The control's ``name``: Label Studio's ``from_name`` of the regions we return."""
     classes: tuple[ClassSpec, ...]
     score_threshold: float | None = None
     """``model_score_threshold`` on the control tag, if set."""
+    kind: str = BOXES
+    """``BOXES``, ``BRUSH`` or ``POLYGON``: the type of the regions it gets."""
+
+    @property
+    def draws_masks(self) -> bool:
+        return self.kind in MASK_KINDS
+
+
+@dataclass(frozen=True)
+class SmartTool:
+    """A ``smart`` control whose regions are prompts for the segmenter (a click, a box), answered with a mask."""
+
+    name: str
+    kind: str
+    """``KEYPOINTS`` or ``BOXES``."""
 
 
 @dataclass(frozen=True)
@@ -61,48 +88,58 @@ class Category:
 @dataclass(frozen=True)
 class ProjectSchema:
     image_name: str
-    """The ``<Image>`` tag every rectangle control draws on: Label Studio's ``to_name``."""
+    """The ``<Image>`` tag every labels control draws on: Label Studio's ``to_name``."""
     image_key: str
     """Key in ``task["data"]`` holding the image URL (``$image`` -> ``image``)."""
-    rectangle_controls: tuple[RectangleControl, ...]
+    controls: tuple[LabelsControl, ...]
     prompt_control: PromptControl | None = None
+    smart_tools: tuple[SmartTool, ...] = ()
 
-    def control(self, name: str | None = None) -> RectangleControl:
+    def control(self, name: str | None = None) -> LabelsControl:
         """The control called ``name``; the first one when ``name`` is None."""
         if name is None:
-            return self.rectangle_controls[0]
-        for control in self.rectangle_controls:
+            return self.controls[0]
+        for control in self.controls:
             if control.name == name:
                 return control
-        known = ", ".join(c.name for c in self.rectangle_controls)
-        raise LabelConfigError(f'the label config has no <RectangleLabels name="{name}"> (it has: {known})')
+        known = ", ".join(c.name for c in self.controls)
+        raise LabelConfigError(f'the label config has no labels control name="{name}" (it has: {known})')
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether serving this project needs the segmenter (a brush or polygon control, or a smart tool)."""
+        return any(c.draws_masks for c in self.controls) or bool(self.smart_tools)
+
+    @property
+    def mask_controls(self) -> list[LabelsControl]:
+        return [c for c in self.controls if c.draws_masks]
 
     @property
     def classes(self) -> list[ClassSpec]:
         """What the detector looks for and trains on: every control's labels, a label shared by two controls
         once (its aliases merged), since one phrase cannot be told apart from itself."""
         merged: dict[str, tuple[str, ...]] = {}
-        for control in self.rectangle_controls:
+        for control in self.controls:
             for spec in control.classes:
                 aliases = merged.get(spec.name, ())
                 merged[spec.name] = aliases + tuple(a for a in spec.aliases if a not in aliases)
         return [ClassSpec(name, aliases) for name, aliases in merged.items()]
 
-    def controls_with(self, label: str) -> list[RectangleControl]:
+    def controls_with(self, label: str) -> list[LabelsControl]:
         """The controls that offer ``label``: a detection of it becomes a region of each."""
-        return [c for c in self.rectangle_controls if any(spec.name == label for spec in c.classes)]
+        return [c for c in self.controls if any(spec.name == label for spec in c.classes)]
 
     @property
     def categories(self) -> list[Category]:
         """One per (control, label), in config order."""
-        pairs = [(c.name, spec.name) for c in self.rectangle_controls for spec in c.classes]
+        pairs = [(c.name, spec.name) for c in self.controls for spec in c.classes]
         shared = {label for _, label in pairs if sum(1 for _, other in pairs if other == label) > 1}
         return [Category(control, label, f"{control}/{label}" if label in shared else label)
                 for control, label in pairs]
 
 
 def parse_label_config(xml: str) -> ProjectSchema | None:
-    """Parse ``xml``: None when it has no RectangleLabels (nothing to pre-annotate), LabelConfigError when broken."""
+    """Parse ``xml``: None when it has no labels control groundloop pre-annotates, LabelConfigError when broken."""
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("label config is empty")
     if len(xml) > MAX_CONFIG_CHARS:
@@ -113,31 +150,37 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
         raise LabelConfigError(f"label config cannot be parsed: {_one_line(exc)}") from None
 
     images = {tag.name: tag for tag in interface.objects or [] if tag.tag.lower() == "image"}
-    rectangles, prompt, image = [], None, None
+    drawing, prompt = [], None
     for control in interface.controls or []:
         kind = control.tag.lower()
-        if kind == "rectanglelabels":
-            on = _image_tag(images, control, required=True)
-            if image is not None and on.name != image.name:
-                raise LabelConfigError(
-                    f'<RectangleLabels name="{control.name}"> draws on <Image name="{on.name}">, but '
-                    f'"{rectangles[0].name}" on <Image name="{image.name}">: groundloop pre-annotates one image '
-                    "per task")
-            image = on
-            rectangles.append(_rectangle_control(control))
+        if kind in (BOXES, *MASK_KINDS) or (kind == KEYPOINTS and _smart(control)):
+            drawing.append((control, _image_tag(images, control, required=True)))
         elif kind == "textarea" and prompt is None and _image_tag(images, control, required=False):
             prompt = control
+    has_masks = any(control.tag.lower() in MASK_KINDS for control, _ in drawing)
+    controls, tools, image = [], [], None
+    for control, on in drawing:
+        kind = control.tag.lower()
+        if kind == KEYPOINTS or (kind == BOXES and has_masks and _smart(control)):
+            tools.append(SmartTool(control.name, kind))
+            continue
+        if image is not None and on.name != image.name:
+            raise LabelConfigError(
+                f'<{control.tag} name="{control.name}"> draws on <Image name="{on.name}">, but "{controls[0].name}" '
+                f'on <Image name="{image.name}">: groundloop pre-annotates one image per task')
+        image = on
+        controls.append(_labels_control(control, kind))
     if image is None:
         return None
     if not image.value_is_variable:
         raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<task field>", not {image.value!r}')
-    phrases = sum(1 + len(spec.aliases) for control in rectangles for spec in control.classes)
+    phrases = sum(1 + len(spec.aliases) for control in controls for spec in control.classes)
     if phrases > MAX_PHRASES:
         raise LabelConfigError(f"the label config asks for {phrases} labels and aliases, more than the {MAX_PHRASES} "
                                "groundloop detects per image")
     on_image = prompt is not None and image.name in (prompt.to_name or [])
-    return ProjectSchema(image_name=image.name, image_key=image.value_name, rectangle_controls=tuple(rectangles),
-                         prompt_control=PromptControl(prompt.name) if on_image else None)
+    return ProjectSchema(image_name=image.name, image_key=image.value_name, controls=tuple(controls),
+                         prompt_control=PromptControl(prompt.name) if on_image else None, smart_tools=tuple(tools))
 
 
 def label_config_for(classes: Iterable[ClassSpec]) -> str:
@@ -167,7 +210,7 @@ def parse_classes(text: str) -> list[ClassSpec]:
     return classes
 
 
-def _rectangle_control(control) -> RectangleControl:
+def _labels_control(control, kind: str) -> LabelsControl:
     classes = []
     for label in (control.labels_attrs or {}).values():
         name = label.attr.get("value") or label.value
@@ -177,8 +220,13 @@ def _rectangle_control(control) -> RectangleControl:
                                    f"{MAX_ALIASES}")
         classes.append(ClassSpec(name=name, aliases=aliases))
     if not classes:
-        raise LabelConfigError(f'<RectangleLabels name="{control.name}"> has no <Label value="...">')
-    return RectangleControl(name=control.name, classes=tuple(classes), score_threshold=_threshold(control))
+        raise LabelConfigError(f'<{control.tag} name="{control.name}"> has no <Label value="...">')
+    return LabelsControl(name=control.name, classes=tuple(classes), score_threshold=_threshold(control), kind=kind)
+
+
+def _smart(control) -> bool:
+    """``smart="true"`` or ``smartOnly="true"``: the control is a tool that asks the model (Label Studio's term)."""
+    return any(str(control.attr.get(key, "")).lower() == "true" for key in ("smart", "smartOnly", "smartonly"))
 
 
 def _image_tag(images: dict, control, *, required: bool):

@@ -19,7 +19,7 @@ MAX_SIDE = 100_000
 if TYPE_CHECKING:
     import supervision as sv
 
-    from active_learning.labelstudio.config import ProjectSchema, RectangleControl
+    from active_learning.labelstudio.config import ProjectSchema, LabelsControl
 
 
 def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
@@ -66,7 +66,7 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
 
 def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema", width: int, height: int, *,
                             control: str | None = None,
-                            threshold: Callable[["RectangleControl", str], float | None] | None = None,
+                            threshold: Callable[["LabelsControl", str], float | None] | None = None,
                             ) -> list[dict[str, Any]]:
     """Detections -> Label Studio rectangles in percent, clipped to the image.
 

@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from active_learning.labelstudio.config import ProjectSchema, RectangleControl, label_config_for, parse_label_config
+from active_learning.labelstudio.config import ProjectSchema, LabelsControl, label_config_for, parse_label_config
 from active_learning.serving.calibration import Calibration
 from active_learning.settings import Settings
 from active_learning.store import Store
@@ -48,7 +48,7 @@ class Job:
     calibration: Calibration | None = None
     """The serving version's calibration the job was made with (None: the settings' threshold serves)."""
 
-    def threshold(self, control: RectangleControl, label: str) -> float | None:
+    def threshold(self, control: LabelsControl, label: str) -> float | None:
         """The score ``label``'s boxes must exceed on ``control`` (None: not served there). A threshold written in
         the config wins for its control; elsewhere the calibrated one, or ours, and abstained labels get none."""
         if control.score_threshold is not None:
@@ -71,14 +71,14 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     classes = tuple(dataclasses.replace(c, dropped=tuple(dropped[c.name])) if c.name in dropped else c
                     for c in (classes if classes is not None else schema.classes))
     thresholds = {c.name: settings.box_threshold if c.score_threshold is None else c.score_threshold
-                  for c in schema.rectangle_controls}
+                  for c in schema.controls}
     names = {c.name for c in classes}
     class_thresholds = {name: t for name, t in (calibration.thresholds.items() if calibration else ())
                         if name in names}
     abstained = frozenset(name for name in (calibration.abstained if calibration else ()) if name in names)
     if calibration is not None and calibration.withheld:
         abstained = frozenset(names)
-    calibrated_controls = any(c.score_threshold is None for c in schema.rectangle_controls)
+    calibrated_controls = any(c.score_threshold is None for c in schema.controls)
     lowest = min([*thresholds.values(), *(class_thresholds.values() if calibrated_controls else ())])
     detection = settings.detection_settings(box_threshold=lowest)
     if calibration is not None and calibration.nms_iou is not None:
@@ -86,7 +86,7 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     key_source = {
         "image": [schema.image_name, schema.image_key],
         "controls": sorted(thresholds.items()),
-        "labels": [[c.name, [s.name for s in c.classes]] for c in schema.rectangle_controls],
+        "labels": [[c.name, [s.name for s in c.classes]] for c in schema.controls],
         "classes": [[c.name, list(c.aliases)] for c in classes],
         "detection": dataclasses.asdict(detection),
     }

@@ -37,7 +37,7 @@ from defusedxml.ElementTree import parse as parse_xml
 from supervision.dataset.formats.pascal_voc import detections_from_xml_obj
 
 from active_learning.images import FetchedImage, ImageCache, ImageError
-from active_learning.labelstudio.config import LabelConfigError, ProjectSchema, RectangleControl, label_config_for
+from active_learning.labelstudio.config import LabelConfigError, ProjectSchema, LabelsControl, label_config_for
 from active_learning.labelstudio.records import AnnotationRecord, ProjectRecord, TaskRecord
 from active_learning.labelstudio.regions import boxes_from_result, regions_from_detections
 from active_learning.progress import progress
@@ -58,7 +58,7 @@ class InterchangeError(ValueError):
 # --- the project ------------------------------------------------------------------------------------------
 
 def project_control(store: Store, project_id: int, classes: list[ClassSpec] | None = None,
-                    control: str | None = None) -> tuple[ProjectSchema, RectangleControl]:
+                    control: str | None = None) -> tuple[ProjectSchema, LabelsControl]:
     """The project's schema and the control imported boxes go to (``control``, default the first); with
     ``classes``, the project is created first if the store has no label config for it (it may come from Label
     Studio later: its config then replaces ours)."""
@@ -221,7 +221,7 @@ def _free_id(store: Store, project_id: int, url: str) -> int:
 
 
 def _import_sources(store: Store, cache: ImageCache, project_id: int,
-                    target: tuple[ProjectSchema, RectangleControl], sources: list[_SourceImage],
+                    target: tuple[ProjectSchema, LabelsControl], sources: list[_SourceImage],
                     report: ImportReport) -> None:
     known = {c.name for c in target[1].classes}
     seen: dict[str, str] = {}
@@ -269,7 +269,7 @@ def _box_problem(label: str, xyxy: list[float], claimed_size: tuple[int, int] | 
     return None
 
 
-def _save(store: Store, project_id: int, target: tuple[ProjectSchema, RectangleControl], source: _SourceImage,
+def _save(store: Store, project_id: int, target: tuple[ProjectSchema, LabelsControl], source: _SourceImage,
           url: str, image: FetchedImage, boxes: list[list[float]], labels: list[str], report: ImportReport) -> None:
     """Upsert the task and its annotation, unless the store already holds exactly these boxes. Regions of the
     project's other controls (imported into them before) are kept: an import replaces its own control's boxes."""

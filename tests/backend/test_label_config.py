@@ -27,7 +27,7 @@ def test_classes_aliases_and_threshold():
         '<Label value="car" predicted_values="automobile, truck"/><Label value="person"/>'
         "</RectangleLabels></View>"
     )
-    (control,) = schema.rectangle_controls
+    (control,) = schema.controls
     assert (control.name, schema.image_name, schema.image_key) == ("boxes", "img", "photo")
     assert control.classes == (ClassSpec("car", ("automobile", "truck")), ClassSpec("person"))
     assert control.score_threshold == 0.4
@@ -35,7 +35,7 @@ def test_classes_aliases_and_threshold():
 
 
 def test_captured_config_has_no_threshold(ls_request):
-    (control,) = parse_label_config(ls_request("setup")["schema"]).rectangle_controls
+    (control,) = parse_label_config(ls_request("setup")["schema"]).controls
     assert [c.name for c in control.classes] == ["cat", "dog"]
     assert control.score_threshold is None
 
@@ -43,7 +43,7 @@ def test_captured_config_has_no_threshold(ls_request):
 def test_label_studio_grounding_dino_example_has_a_prompt():
     schema = parse_label_config(GROUNDING_DINO_EXAMPLE)
     assert (schema.prompt_control.name, schema.image_name) == ("prompt", "image")
-    assert [c.name for c in schema.rectangle_controls[0].classes] == ["cats", "house"]
+    assert [c.name for c in schema.controls[0].classes] == ["cats", "house"]
 
 
 def test_config_without_rectangles_is_empty_not_an_error():
@@ -69,7 +69,7 @@ TWO_CONTROLS = """
 
 def test_every_rectangle_control_is_in_the_schema():
     schema = parse_label_config(TWO_CONTROLS)
-    assert [c.name for c in schema.rectangle_controls] == ["objects", "damage"]
+    assert [c.name for c in schema.controls] == ["objects", "damage"]
     assert schema.control("damage").classes == (ClassSpec("dent"), ClassSpec("car", ("wreck",)))
     assert schema.control().name == "objects"
     # one detection class per label, a shared label once with the aliases of both controls
@@ -79,7 +79,7 @@ def test_every_rectangle_control_is_in_the_schema():
     assert [(c.control, c.label, c.name) for c in schema.categories] == [
         ("objects", "car", "objects/car"), ("objects", "person", "person"), ("damage", "dent", "dent"),
         ("damage", "car", "damage/car")]
-    with pytest.raises(LabelConfigError, match="no <RectangleLabels name=\"nope\">"):
+    with pytest.raises(LabelConfigError, match="no labels control name=\"nope\""):
         schema.control("nope")
 
 

@@ -45,7 +45,7 @@ def test_predict_writes_tasks_coco_and_previews_and_resumes(images_dir, tmp_path
     tasks = json.loads((out / "tasks.json").read_text())
     assert [t["data"]["image"] for t in tasks] == [f"/data/local-files/?d=shapes/shape{i}.png" for i in range(3)]
     config = parse_label_config((out / "label_config.xml").read_text())
-    control = config.rectangle_controls[0]
+    control = config.controls[0]
     assert {c.name for c in control.classes} == NAMES
     assert (out / "label_config.xml").read_text() in printed
     regions = []
