@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from active_learning.reports.corrections import ActionCosts
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_SEGMENTER = "facebook/sam-vit-base"
 
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -39,6 +40,9 @@ class Settings:
     # --- model -------------------------------------------------------------------------------------
     model: str = DEFAULT_MODEL
     """Hugging Face hub id or a local ``save_pretrained`` directory of the STARTING model."""
+    segmenter: str = DEFAULT_SEGMENTER
+    """Hub id or ``save_pretrained`` directory of the box-promptable SAM-family model (SAM, SAM-HQ, SAM 2, EdgeTAM)
+    that turns boxes into masks; loaded only when a project's config has brush or polygon labels."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     box_threshold: float = DetectionSettings.box_threshold

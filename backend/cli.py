@@ -40,10 +40,11 @@ from typing import Sequence
 
 from active_learning.settings import Settings, env_name
 from active_learning.tools import CSV_COLUMNS, EXPORT_FORMATS
-from model.sources import ModelSourceError, check_model_source
+from model.sources import DETECTOR, SEGMENTER, ModelSourceError, check_model_source
 
-MODEL_SETTINGS = (("detector", "model"),)
-"""(role, Settings field) of every model a configuration names: what ``copy-models`` copies."""
+MODEL_SETTINGS = (("detector", "model", DETECTOR), ("segmenter", "segmenter", SEGMENTER))
+"""(role, Settings field, kind) of every model a configuration names: what ``copy-models`` copies. The segmenter
+is not checked before serving: it loads only when a project has masks to pre-annotate."""
 
 MODEL_WAY_OUT = ("Way out: --model DIR with a local save_pretrained directory (groundloop copy-models --to DIR "
                  "writes one where the hub is reachable), or HF_HUB_OFFLINE=1 with the model in the Hugging Face "
@@ -98,10 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("groundloop-demo"), metavar="DIR",
                       help="results.md, rounds.png, and the demo's data (DIR/data) and starting model")
     demo.set_defaults(run=_demo)
-    copy = commands.add_parser("copy-models", help="copy every model the configuration names (--model) from a "
+    copy = commands.add_parser("copy-models", help="copy every model the configuration names (--model, "
+                                                   "--segmenter) from a "
                                                    "local directory, the hub cache or the hub into DIR, for a "
                                                    "machine that cannot reach the hub; prints the flags using them")
     copy.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/<model name> per model")
+    copy.add_argument("--skip", action="append", choices=[role for role, _, _ in MODEL_SETTINGS], metavar="ROLE",
+                      help="leave this model out (e.g. --skip segmenter when no project draws masks); repeatable")
     copy.set_defaults(run=_copy_models)
     for command in commands.choices.values():
         for f in dataclasses.fields(Settings):
@@ -332,20 +336,21 @@ def _copy_models(settings: Settings, args: argparse.Namespace) -> int:
     before the first (long) copy starts."""
     from model.sources import copy_model, model_short_name
 
-    models = [(role, field, getattr(settings, field)) for role, field in MODEL_SETTINGS]
-    targets = [args.to / model_short_name(source) for _, _, source in models]
+    models = [(role, field, getattr(settings, field), kind) for role, field, kind in MODEL_SETTINGS
+              if role not in (args.skip or ())]
+    targets = [args.to / model_short_name(source) for _, _, source, _ in models]
     existing = [str(target) for target in targets if target.exists()]
     if existing:
         print(f"groundloop copy-models: {', '.join(existing)} exists already: remove it or choose another --to",
               file=sys.stderr)
         return 1
-    for _, _, source in models:
-        check_model_source(source)
-    for (role, _, source), target in zip(models, targets):
+    for _, _, source, kind in models:
+        check_model_source(source, kind)
+    for (role, _, source, kind), target in zip(models, targets):
         print(f"{role}: copying {source} to {target} ...", flush=True)
-        copy_model(source, target)
-    flags = " ".join(f"--{field.replace('_', '-')} {target}" for (_, field, _), target in zip(models, targets))
-    variables = " ".join(f"{env_name(field)}={target}" for (_, field, _), target in zip(models, targets))
+        copy_model(source, target, kind)
+    flags = " ".join(f"--{field.replace('_', '-')} {target}" for (_, field, _, _), target in zip(models, targets))
+    variables = " ".join(f"{env_name(field)}={target}" for (_, field, _, _), target in zip(models, targets))
     print(f"done; the copies load without the hub (take {args.to} along to a machine without it):\n"
           f"  groundloop serve {flags}\n"
           f"  or: {variables} groundloop serve")

@@ -22,7 +22,8 @@ What a newcomer needs to know:
   worker's refresh after a promotion makes its predictions the same way.
 * Interactive pre-annotation: when the config has a ``<TextArea>`` on the image and the editor sends its text in
   ``params.context``, that text (phrases separated by commas) is the class prompt. It is remembered per project
-  and used for that project's later tasks.
+  and used for that project's later tasks. A click or a box of a smart tool in ``params.context`` is answered
+  with the segmenter's mask for it instead (``active_learning.serving.interactive``), not stored.
 * Annotation webhooks go to the store; the annotated task's image is then cached on disk in the background, so
   training never needs Label Studio up.
 """
@@ -40,9 +41,10 @@ from active_learning.labelstudio.client import LabelStudioClient
 from active_learning.labelstudio.config import LabelConfigError, ProjectSchema, PromptControl, parse_label_config
 from active_learning.labelstudio.records import MAX_ID
 from active_learning.reports.status import collect_status
+from active_learning.serving.interactive import SmartPrompt, smart_prompt
 from active_learning.serving.jobs import Job, PromptError, project_job
 from active_learning.serving.pool import LoadedModel, ModelPool
-from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
+from active_learning.serving.predict import PredictionError, predict_smart_prompt, predict_task, stored_prediction
 from active_learning.settings import Settings
 from active_learning.store import Store
 from backend.backfill import Backfill
@@ -122,8 +124,15 @@ class Predictor:
             return {"results": [NO_PREDICTION for _ in tasks]}
         if project_id is not None:
             self.store.projects.set_label_config(project_id, config)
+        try:
+            smart = smart_prompt(schema, params.get("context"))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
         typed_prompt = _prompt_from_context(schema.prompt_control, params.get("context"))
         model = self.pool.model_for(project_id)  # this request keeps it, even if a new version is deployed meanwhile
+        if smart is not None:  # Label Studio sends the one task being labeled
+            return {"results": [self._answer_smart(task, schema, smart, model) if i == 0 else NO_PREDICTION
+                                for i, task in enumerate(tasks)]}
         try:  # the job is the model's: its version's calibrated thresholds serve
             job = project_job(self.settings, self.store, schema, project_id, typed_prompt, model.calibration)
         except PromptError as exc:
@@ -178,6 +187,14 @@ class Predictor:
             self.backfill.submit(skipped, job)
         return results
 
+    def _answer_smart(self, task: dict, schema: ProjectSchema, prompt: SmartPrompt, model: LoadedModel) -> Any:
+        try:
+            return predict_smart_prompt(model, self.fetcher, task, schema, prompt, self.settings.segmenter)
+        except PredictionError as exc:
+            log.warning("task %s: smart prompt not answered: %s", task.get("id"), exc)
+            self.metrics.count("failures")
+            return NO_PREDICTION
+
     def _cache_image(self, task_id: int) -> None:
         try:
             cache_task_image(self.store, self.images, task_id)
@@ -214,7 +231,8 @@ class Predictor:
 
 SYNC_RETRY_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0)
 """Seconds before each attempt to set the Label Studio project's model_version."""
-_NOTHING_TO_DO = "the label config has no <RectangleLabels> on an <Image>: groundloop has nothing to pre-annotate"
+_NOTHING_TO_DO = ("the label config has no <RectangleLabels>, <BrushLabels> or <PolygonLabels> on an <Image>: "
+                  "groundloop has nothing to pre-annotate")
 
 
 def _prompt_from_context(control: PromptControl | None, context: Any) -> str | None:

@@ -100,3 +100,201 @@ def _save(model: GroundingDinoForObjectDetection, image_processor, output_dir: s
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+# --- Segment Anything (the "Grounded SAM" segmenter) -------------------------------------------------------------
+#
+# The hub is unreachable here too, so the segmenter's tests and bench use SAM-family models built and saved locally;
+# ``Segmenter.load(dir)`` reads them with the same ``from_pretrained`` calls as a hub checkpoint.
+
+# A 128 px input gives an 8 x 8 image embedding (patch 16) and 32 x 32 low-resolution masks: the same layout as
+# the released 1024 px models, 8 times smaller per side.
+SMALL_SAM_IMAGE_SIZE = 128
+SMALL_SAM_HIDDEN = 32
+SEGMENTER_KINDS = ("sam", "sam_hq", "sam2", "edgetam")
+
+
+def build_small_segmenter(output_dir: str | Path, seed: int = 0, kind: str = "sam") -> Path:
+    """Save a tiny random SAM-family model (model + processor) of ``kind`` (one of ``SEGMENTER_KINDS``) into
+    ``output_dir`` and return it.
+
+    Every size (vision input, prompt encoder, processor resize and padding, mask size) is derived from
+    ``SMALL_SAM_IMAGE_SIZE`` so that they agree as in a released checkpoint. "sam2" and "edgetam" need torchvision
+    (their only image processor is the torchvision one); "edgetam" also needs timm (its backbone is timm's RepViT).
+    """
+    if kind not in SEGMENTER_KINDS:
+        raise ValueError(f"unknown segmenter kind {kind!r}; expected one of {', '.join(SEGMENTER_KINDS)}")
+    builders = {"sam": _small_sam, "sam_hq": _small_sam_hq, "sam2": _small_sam2, "edgetam": _small_edgetam}
+    model, processor = builders[kind](seed)
+    return _save_segmenter(model, processor, output_dir)
+
+
+def build_sam_base_segmenter(output_dir: str | Path, seed: int = 0) -> Path:
+    """Save the facebook/sam-vit-base architecture (``SamConfig()``'s ViT-B defaults: 768 wide, 12 layers, 1024 px)
+    with random weights and the default SamProcessor into ``output_dir``, for the benchmark.
+
+    Random weights cost the same time and memory as the real ones, which is all the benchmark needs.
+    """
+    from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
+
+    torch.manual_seed(seed)
+    model = SamModel(SamConfig())
+    return _save_segmenter(model, SamProcessor(image_processor=SamImageProcessorPil()), output_dir)
+
+
+def _small_sam_configs(vision_config_class, prompt_config_class, decoder_config_class, **decoder_extra):
+    size, hidden = SMALL_SAM_IMAGE_SIZE, SMALL_SAM_HIDDEN
+    vision = vision_config_class(
+        hidden_size=hidden,
+        output_channels=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=size,
+        patch_size=16,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=hidden // 2,  # the image-wide positional embedding is 2 * num_pos_feats = decoder width
+        mlp_dim=2 * hidden,
+    )
+    prompt = prompt_config_class(hidden_size=hidden, image_size=size, patch_size=16, mask_input_channels=4)
+    decoder = decoder_config_class(
+        hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=hidden, **decoder_extra
+    )
+    return vision, prompt, decoder
+
+
+def _small_sam_processor(processor_class):
+    from transformers import SamImageProcessorPil
+
+    size, mask = SMALL_SAM_IMAGE_SIZE, SMALL_SAM_IMAGE_SIZE // 4
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": size},
+        pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": mask},
+        mask_pad_size={"height": mask, "width": mask},
+    )
+    return processor_class(image_processor=image_processor)
+
+
+def _small_sam(seed: int):
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    vision, prompt, decoder = _small_sam_configs(SamVisionConfig, SamPromptEncoderConfig, SamMaskDecoderConfig)
+    torch.manual_seed(seed)
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    return model, _small_sam_processor(SamProcessor)
+
+
+def _small_sam_hq(seed: int):
+    from transformers import (
+        SamHQConfig,
+        SamHQMaskDecoderConfig,
+        SamHQModel,
+        SamHQProcessor,
+        SamHQPromptEncoderConfig,
+        SamHQVisionConfig,
+    )
+
+    vision, prompt, decoder = _small_sam_configs(
+        SamHQVisionConfig, SamHQPromptEncoderConfig, SamHQMaskDecoderConfig, vit_dim=SMALL_SAM_HIDDEN
+    )
+    torch.manual_seed(seed)
+    model = SamHQModel(SamHQConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    return model, _small_sam_processor(SamHQProcessor)
+
+
+def _sam2_heads(prompt_config_class, decoder_config_class):
+    hidden = SMALL_SAM_HIDDEN
+    prompt = prompt_config_class(hidden_size=hidden, image_size=SMALL_SAM_IMAGE_SIZE, patch_size=16,
+                                 mask_input_channels=4)
+    decoder = decoder_config_class(hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2,
+                                   iou_head_hidden_dim=hidden)
+    return prompt, decoder
+
+
+def _sam2_processor():
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    size, mask = SMALL_SAM_IMAGE_SIZE, SMALL_SAM_IMAGE_SIZE // 4
+    image_processor = Sam2ImageProcessor(
+        size={"height": size, "width": size}, mask_size={"height": mask, "width": mask}
+    )
+    return Sam2Processor(image_processor=image_processor)
+
+
+def _feature_sizes() -> list[list[int]]:
+    """The three finest feature maps (strides 4, 8, 16) that SAM 2's FPN hands to the mask decoder."""
+    return [[SMALL_SAM_IMAGE_SIZE // stride] * 2 for stride in (4, 8, 16)]
+
+
+def _small_sam2(seed: int):
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    dims = [8, 16, 32, 64]
+    backbone = Sam2HieraDetConfig(
+        hidden_size=dims[0],
+        image_size=[SMALL_SAM_IMAGE_SIZE] * 2,
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=dims,
+        num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[4, 4, 4, 4],
+        window_positional_embedding_background_size=[4, 4],
+        global_attention_blocks=[3],  # not a stage's first block: those pool, and pooling needs a window
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=dims[::-1],
+        backbone_feature_sizes=_feature_sizes(),
+        fpn_hidden_size=SMALL_SAM_HIDDEN,
+    )
+    prompt, decoder = _sam2_heads(Sam2PromptEncoderConfig, Sam2MaskDecoderConfig)
+    torch.manual_seed(seed)
+    model = Sam2Model(Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    return model, _sam2_processor()
+
+
+def _small_edgetam(seed: int):
+    """EdgeTAM's image encoder is timm's RepViT-M1 (about 5 M parameters): timm builds it with random weights
+    and, unlike the Hiera of SAM 2, it has no width to shrink here; the rest is as tiny as the others."""
+    from transformers import (
+        EdgeTamConfig,
+        EdgeTamMaskDecoderConfig,
+        EdgeTamModel,
+        EdgeTamPromptEncoderConfig,
+        EdgeTamVisionConfig,
+        TimmWrapperConfig,
+    )
+
+    # Spelled out: the default backbone_config of transformers 5.24 misspells "architecture" ("archirecture"),
+    # so timm builds its default model instead of RepViT, and its channels do not fit the FPN.
+    backbone = TimmWrapperConfig(
+        architecture="repvit_m1", model_args={"in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]}
+    )
+    vision = EdgeTamVisionConfig(
+        backbone_config=backbone, backbone_feature_sizes=_feature_sizes(), fpn_hidden_size=SMALL_SAM_HIDDEN
+    )
+    prompt, decoder = _sam2_heads(EdgeTamPromptEncoderConfig, EdgeTamMaskDecoderConfig)
+    torch.manual_seed(seed)
+    model = EdgeTamModel(EdgeTamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    return model, _sam2_processor()
+
+
+def _save_segmenter(model, processor, output_dir: str | Path) -> Path:
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return output_dir

@@ -61,6 +61,22 @@ def detector(small_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def small_segmenter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny SAM (random weights, 128 px), built once per session."""
+    from model import build_small_segmenter
+
+    return Path(build_small_segmenter(tmp_path_factory.mktemp("small-segmenter"), seed=0))
+
+
+@pytest.fixture(scope="session")
+def segmenter(small_segmenter_dir: Path):
+    """The tiny SAM loaded once as a Segmenter: it is read-only and thread-safe."""
+    from model import Segmenter
+
+    return Segmenter.load(small_segmenter_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def ls_request() -> Callable[[str], dict]:
     """``ls_request("setup")`` -> a fresh copy of the body Label Studio sent (``<name>.json`` in PROTOCOL_DIR).
     The captures are in the repo: a missing one is an error, never a skip."""

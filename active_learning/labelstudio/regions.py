@@ -1,9 +1,15 @@
-"""Label Studio regions <-> boxes: the one place where percent rectangles become pixel boxes and back.
+"""Label Studio regions <-> boxes and masks: the one place where regions become pixels and back.
 
 Label Studio's rectangle ``value`` is ``x, y, width, height`` in percent of ``original_width/height`` (and a
-rotation about the top-left corner); groundloop works in pixel corners ``[x1, y1, x2, y2]``. A stored box is
-``{"label", "box": [x1, y1, x2, y2], "from_name"}``; detections are ``supervision.Detections`` with
-``data["class_name"]`` (and ``confidence`` for predictions).
+rotation about the top-left corner); groundloop works in pixel corners ``[x1, y1, x2, y2]``. A brush region's
+``value`` is ``{"format": "rle", "rle": [bytes]}``, Label Studio's own run-length code of the image's RGBA pixels
+(label-studio-sdk's ``converter.brush``); a polygon's is ``{"points": [[x%, y%], ...], "closed": true}``.
+
+A stored box is ``{"label", "box": [x1, y1, x2, y2], "from_name"}``; a brush or polygon region's also has
+``"mask"``, the COCO compressed RLE of its pixels (``{"size": [h, w], "counts": str}``, pycocotools' encoding,
+counts as text so it stores as JSON), and its ``"box"`` is that mask's bounding box, so the detector trains on
+masks as on boxes. Detections are ``supervision.Detections`` with ``data["class_name"]`` (``confidence`` for
+predictions; ``mask`` (N, H, W) bool at the image's size for controls that draw masks).
 """
 
 from __future__ import annotations
@@ -11,10 +17,24 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 MAX_PERCENT = 1000.0
 """Coordinates beyond ±1000 % of the image (or rotations beyond ±1000°) are no drawing, they are garbage."""
 MAX_SIDE = 100_000
 """Pixels an image side may claim to have."""
+MAX_MASK_PIXELS = 64_000_000
+"""Pixels (``original_width * original_height``) of a brush or polygon region's image: a mask is decoded at the
+image's full size, so a region from a webhook claiming a huge image could exhaust memory."""
+MAX_RESULT_MASK_PIXELS = 2_000_000_000
+"""Pixels of all the masks one result decodes (each mask at its image's size): 10 000 regions of a huge image
+each would hold a webhook for many minutes; a few hundred masks of a photo are fine."""
+MAX_RLE_BYTES = 16_000_000
+"""Length of one brush region's ``rle``: decoding walks it bit by bit."""
+MAX_POLYGON_POINTS = 10_000
+"""Points of one polygon region read."""
+POLYGON_POINTS = 100
+"""Points at most of a polygon region we write (the mask's outline simplified); at least 3."""
 
 if TYPE_CHECKING:
     import supervision as sv
@@ -24,16 +44,19 @@ if TYPE_CHECKING:
 
 def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
                       size: tuple[int, int] | None = None) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
-    """Pixel boxes of the ``rectanglelabels`` regions, and the image size the result gives (else ``size``, which
-    also serves regions without one).
+    """Pixel boxes of the ``rectanglelabels``, ``brushlabels`` and ``polygonlabels`` regions, and the image size
+    the result gives (else ``size``, which also serves regions without one).
 
-    A rotated rectangle becomes its axis-aligned bounding box. One box per label when a region carries several.
-    Other region types are skipped (kept raw). Raises ValueError naming the region for anything malformed,
-    non-finite numbers included.
+    A rotated rectangle becomes its axis-aligned bounding box. A brush or polygon region becomes its mask (a COCO
+    RLE, decoded or rasterized at the image's size) with the mask's bounding box; an empty mask gives no box. One
+    box per label when a region carries several; a region without labels gives none. Other region types are
+    skipped (kept raw). Raises ValueError naming the region for anything malformed, non-finite numbers included,
+    and for masks of images over ``MAX_MASK_PIXELS`` pixels (refused before decoding).
     """
     boxes: list[dict[str, Any]] = []
     if not isinstance(result, list):
         raise ValueError(f"{where}: expected a list of regions")
+    decoded = [0]  # mask pixels decoded so far, against MAX_RESULT_MASK_PIXELS
     for i, region in enumerate(result):
         if not isinstance(region, dict):
             raise ValueError(f"{where}[{i}]: expected an object")
@@ -42,7 +65,11 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
             if not all(_finite(v) and 0 < v <= MAX_SIDE for v in (width, height)):
                 raise ValueError(f"{where}[{i}].original_width/height: expected positive numbers up to {MAX_SIDE}")
             size = (int(width), int(height))
-        if region.get("type") != "rectanglelabels":
+        kind = region.get("type")
+        if kind in ("brushlabels", "polygonlabels"):
+            boxes.extend(_mask_boxes(region, kind, f"{where}[{i}]", size, decoded))
+            continue
+        if kind != "rectanglelabels":
             continue
         value = region.get("value")
         if not isinstance(value, dict) or size is None:
@@ -68,47 +95,212 @@ def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema"
                             control: str | None = None,
                             threshold: Callable[["LabelsControl", str], float | None] | None = None,
                             ) -> list[dict[str, Any]]:
-    """Detections -> Label Studio rectangles in percent, clipped to the image.
+    """Detections -> Label Studio regions: rectangles in percent clipped to the image, brush RLEs, polygons.
 
     Each detection becomes a region of every control that offers its label (a phrase no control offers, typed in
-    an interactive prompt, goes to the first control), or of ``control`` alone when given. ``threshold(control,
-    label)`` (a job's ``Job.threshold``) drops detections whose confidence does not exceed it, and every detection
-    of a label it answers None for.
+    an interactive prompt, goes to the first control), or of ``control`` alone when given, of that control's kind:
+    ``rectanglelabels`` from its box; ``brushlabels`` (Label Studio's RLE of the mask) or ``polygonlabels`` (the
+    outline of the mask's largest part, simplified to at most ``POLYGON_POINTS`` points, in percent) from its
+    mask in ``detections.mask``, which must then be (N, height, width). A detection whose box is empty gets no
+    rectangle, one whose mask is empty (or too small to outline) no brush or polygon region; without masks
+    (``detections.mask`` None) mask controls get no regions: callers segment before when the schema has a mask
+    control. ``threshold(control, label)`` (a job's ``Job.threshold``) drops detections whose confidence does not
+    exceed it, and every detection of a label it answers None for. Region ids run across all controls.
     """
     regions: list[dict[str, Any]] = []
-    scores = detections.confidence
+    scores, masks = detections.confidence, detections.mask
+    if masks is not None and tuple(masks.shape[1:]) != (height, width):
+        raise ValueError(f"detections.mask has shape {tuple(masks.shape)}, not (N, {height}, {width}) of the image")
     for i, (x1, y1, x2, y2) in enumerate(detections.xyxy.tolist()):
         x1, x2 = (min(max(v, 0.0), width) for v in (x1, x2))
         y1, y2 = (min(max(v, 0.0), height) for v in (y1, y2))
-        if x2 <= x1 or y2 <= y1:
-            continue
         label = str(detections.data["class_name"][i])
         targets = [schema.control(control)] if control else schema.controls_with(label) or [schema.control()]
+        shapes: dict[str, dict[str, Any] | None] = {}  # one encoding per kind for this detection
         for target in targets:
             bar = threshold(target, label) if threshold else -1.0
             if bar is None or (scores is not None and scores[i] <= bar):
+                continue
+            if target.kind not in shapes:
+                if target.kind == "rectanglelabels":
+                    shapes[target.kind] = _rectangle_value(x1, y1, x2, y2, width, height)
+                elif masks is None:
+                    shapes[target.kind] = None
+                elif target.kind == "brushlabels":
+                    shapes[target.kind] = _brush_value(masks[i])
+                else:
+                    shapes[target.kind] = _polygon_value(masks[i], width, height)
+            shape = shapes[target.kind]
+            if shape is None:
                 continue
             region = {
                 "id": f"r{len(regions)}",
                 "from_name": target.name,
                 "to_name": schema.image_name,
-                "type": "rectanglelabels",
+                "type": target.kind,
                 "original_width": width,
                 "original_height": height,
                 "image_rotation": 0,
-                "value": {
-                    "x": 100.0 * x1 / width,
-                    "y": 100.0 * y1 / height,
-                    "width": 100.0 * (x2 - x1) / width,
-                    "height": 100.0 * (y2 - y1) / height,
-                    "rotation": 0,
-                    "rectanglelabels": [label],
-                },
+                "value": {**shape, target.kind: [label]},
             }
             if scores is not None:
                 region["score"] = float(scores[i])
             regions.append(region)
     return regions
+
+
+def _rectangle_value(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> dict[str, Any] | None:
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return {"x": 100.0 * x1 / width, "y": 100.0 * y1 / height, "width": 100.0 * (x2 - x1) / width,
+            "height": 100.0 * (y2 - y1) / height, "rotation": 0}
+
+
+def _brush_value(mask: np.ndarray) -> dict[str, Any] | None:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    if not mask.any():
+        return None
+    return {"format": "rle", "rle": [int(b) for b in mask2rle(mask.astype(np.uint8) * np.uint8(255))]}
+
+
+def _polygon_value(mask: np.ndarray, width: int, height: int) -> dict[str, Any] | None:
+    import cv2
+    import supervision as sv
+
+    outlines = sv.mask_to_polygons(mask.astype(bool))
+    if not outlines:
+        return None
+    outline = max(outlines, key=lambda p: (cv2.contourArea(p.reshape(-1, 1, 2).astype(np.float32)), len(p)))
+    points = outline.astype(np.float32)
+    if len(points) > POLYGON_POINTS:
+        epsilon, simpler = 0.5, points
+        while len(simpler) > POLYGON_POINTS:
+            simpler = cv2.approxPolyDP(points.reshape(-1, 1, 2), epsilon, True).reshape(-1, 2)
+            epsilon *= 1.5
+        if len(simpler) < 3:  # collapsed in one step: an even subsample keeps the outline
+            simpler = points[np.linspace(0, len(points) - 1, POLYGON_POINTS).astype(int)]
+        points = simpler
+    # Contour points are pixel indices; a pixel's centre is half a pixel further in percent of the image.
+    xs = np.clip((points[:, 0].astype(float) + 0.5) * 100.0 / width, 0.0, 100.0)
+    ys = np.clip((points[:, 1].astype(float) + 0.5) * 100.0 / height, 0.0, 100.0)
+    return {"points": [[round(float(x), 4), round(float(y), 4)] for x, y in zip(xs, ys)], "closed": True}
+
+
+def _mask_boxes(region: dict[str, Any], kind: str, where: str, size: tuple[int, int] | None,
+                decoded: list[int]) -> list[dict[str, Any]]:
+    """The boxes (with masks) of one brush or polygon region; see ``boxes_from_result``."""
+    value = region.get("value")
+    if not isinstance(value, dict) or size is None:
+        raise ValueError(f"{where}: a {kind} region needs value and original_width/height")
+    labels = value.get(kind) or []
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ValueError(f"{where}.value.{kind}: expected a list of strings")
+    width, height = size
+    if width * height > MAX_MASK_PIXELS:
+        raise ValueError(f"{where}: its image of {width}x{height} pixels is more than the {MAX_MASK_PIXELS} "
+                         "pixels groundloop decodes a mask at")
+    if not labels:
+        return []
+    decoded[0] += width * height
+    if decoded[0] > MAX_RESULT_MASK_PIXELS:
+        raise ValueError(f"{where}: the result's masks add up to more than the {MAX_RESULT_MASK_PIXELS} pixels "
+                         "groundloop decodes for one annotation")
+    rle = _brush_mask(value, where, width, height) if kind == "brushlabels" else _polygon_mask(value, where, width,
+                                                                                                   height)
+    if rle is None:
+        return []
+    from pycocotools import mask as coco_mask
+
+    x, y, w, h = (float(v) for v in coco_mask.toBbox(rle))
+    box = [round(x, 2), round(y, 2), round(x + w, 2), round(y + h, 2)]
+    counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+    return [{"label": label, "box": box, "from_name": region.get("from_name"),
+             "mask": {"size": [int(v) for v in rle["size"]], "counts": counts}} for label in labels]
+
+
+def _brush_mask(value: dict[str, Any], where: str, width: int, height: int) -> dict[str, Any] | None:
+    """The COCO RLE of a brush region's pixels (its alpha channel), None when no pixel is set."""
+    from pycocotools import mask as coco_mask
+
+    if value.get("format", "rle") != "rle":
+        raise ValueError(f"{where}.value.format: expected \"rle\", got {str(value.get('format'))[:40]!r}")
+    rle = value.get("rle")
+    if not isinstance(rle, list) or not 7 <= len(rle) <= MAX_RLE_BYTES:
+        raise ValueError(f"{where}.value.rle: expected a list of 7 to {MAX_RLE_BYTES} bytes")
+    array = np.asarray(rle)
+    if array.dtype.kind not in "iu" or array.min() < 0 or array.max() > 255:
+        raise ValueError(f"{where}.value.rle: expected integers 0 to 255")
+    data = array.astype(np.uint8).tobytes()
+    values = int.from_bytes(data[:4], "big")
+    if values != width * height * 4:
+        raise ValueError(f"{where}.value.rle: encodes {values} values, not the {width}x{height}x4 RGBA values of "
+                         "its image (original_width/height)")
+    try:
+        alpha = decode_brush_alpha(data, width * height)
+    except ValueError as error:
+        raise ValueError(f"{where}.value.rle: {error}") from None
+    if not alpha.any():
+        return None
+    return coco_mask.encode(np.asfortranarray(alpha.reshape(height, width).view(np.uint8)))
+
+
+def decode_brush_alpha(data: bytes, pixels: int) -> np.ndarray:
+    """The alpha channel > 0 of a Label Studio brush RLE, as ``pixels`` bools (row-major).
+
+    The bit format of label-studio-sdk's ``converter.brush.decode_rle`` (a 32-bit count of RGBA values, a 5-bit
+    word size, four 4-bit run-length sizes, then runs and literals), read without building the RGBA image and
+    with the bit string made by numpy, not a Python loop per bit. Raises ValueError when the code is cut short or
+    its runs overflow the count."""
+    bits = (np.unpackbits(np.frombuffer(data, dtype=np.uint8)) + ord("0")).tobytes().decode("ascii")
+    end, pos = len(bits), 0
+
+    def read(n: int) -> int:
+        nonlocal pos
+        if pos + n > end:
+            raise ValueError("the code ends early")
+        out = int(bits[pos:pos + n], 2)
+        pos += n
+        return out
+
+    count = read(32)
+    if count != pixels * 4:
+        raise ValueError(f"encodes {count} values, not {pixels * 4}")
+    word = read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    alpha = np.zeros(pixels, dtype=bool)
+    i = 0
+    while i < count:
+        literal = not read(1)
+        j = i + 1 + read(sizes[read(2)])
+        if j > count:
+            raise ValueError("a run goes past the image's end")
+        if literal:
+            for k in range(i, j):
+                if read(word) and k % 4 == 3:
+                    alpha[k // 4] = True
+        elif read(word):
+            alpha[-((3 - i) // 4):-((3 - j) // 4)] = True  # the alpha values 4p + 3 in [i, j)
+        i = j
+    return alpha
+
+
+def _polygon_mask(value: dict[str, Any], where: str, width: int, height: int) -> dict[str, Any] | None:
+    """The COCO RLE of a polygon region rasterized at the image's size, None when it covers no pixel."""
+    from pycocotools import mask as coco_mask
+
+    points = value.get("points")
+    if not isinstance(points, list) or not 3 <= len(points) <= MAX_POLYGON_POINTS:
+        raise ValueError(f"{where}.value.points: expected a list of 3 to {MAX_POLYGON_POINTS} [x, y] points")
+    flat: list[float] = []
+    for point in points:
+        if not (isinstance(point, (list, tuple)) and len(point) == 2
+                and all(_finite(v) and abs(v) <= MAX_PERCENT for v in point)):
+            raise ValueError(f"{where}.value.points: each point must be [x, y], finite percentages within "
+                             f"±{MAX_PERCENT:g}")
+        flat += [float(point[0]) * width / 100.0, float(point[1]) * height / 100.0]
+    rle = coco_mask.merge(coco_mask.frPyObjects([flat], height, width))
+    return rle if coco_mask.area(rle) > 0 else None
 
 
 def _pixel_box(x: float, y: float, w: float, h: float, rotation: float, size: tuple[int, int]) -> list[float]:

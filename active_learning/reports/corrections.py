@@ -9,9 +9,11 @@ Each predicted box then is exactly one of:
 - **relabeled**: paired, different label;
 - **deleted**: not paired;
 
-and each final box not paired is **added**. Boxes are paired within their control (``from_name``) only. Precision and recall at IoU 0.5 treat kept + moved as true
+and each final box not paired is **added**. Boxes are paired within their control (``from_name``) only. For a
+brush or polygon control (predicted and final items all carrying a ``"mask"``), IoU is the masks' IoU, so a mask
+redrawn inside the same bounding box is not "kept". Precision and recall at IoU 0.5 treat kept + moved as true
 positives: precision = TP / predicted boxes, recall = TP / final boxes. Summaries add counts over
-annotations (micro averages).
+annotations (micro averages). Regions of the project's smart tools (prompts for the segmenter) are no boxes.
 
 **Annotator effort.** Each action is charged a time (settings ``cost_*_seconds``; defaults from human studies):
 verifying a correct box 1.6 s (Papadopoulos et al. 2016, "We don't need no bounding-boxes"), drawing a box
@@ -164,12 +166,14 @@ def _counts(c: BoxChanges, costs: ActionCosts | None = None) -> dict[str, Any]:
 
 
 def compare_boxes(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> BoxChanges:
-    """Classify the change from ``predicted`` to ``final`` boxes (``{"label", "box": [x1, y1, x2, y2]}``)."""
+    """Classify the change from ``predicted`` to ``final`` boxes (``{"label", "box": [x1, y1, x2, y2]}``, and
+    ``"mask"``, a COCO RLE, for masks): paired by mask IoU when every item on both sides has a mask of one size,
+    else by box IoU."""
     changes = BoxChanges(predicted=len(predicted), final=len(final))
     if not predicted or not final:
         changes.deleted, changes.added = len(predicted), len(final)
         return changes
-    iou = _box_iou(predicted, final)
+    iou = _mask_iou(predicted, final) if _all_masks(predicted, final) else _box_iou(predicted, final)
     same = np.array([[p["label"] == f["label"] for f in final] for p in predicted])
     # The same-label bonus (< any IoU difference that matters) breaks near-ties towards correct pairs.
     score = np.where(iou >= MATCH_IOU, iou + same.astype(float), 0.0)
@@ -203,6 +207,8 @@ def correction_stats(store: "Store", project_id: int,
     """Per model version, how annotators changed its predictions in this project (in the order of the first
     annotation that started from each); with ``costs``, each summary also estimates the annotators' effort."""
     project = store.projects.get(project_id)
+    schema = store.projects.schema(project_id)
+    prompts = {tool.name for tool in schema.smart_tools} if schema else set()
     summaries: dict[str, CorrectionSummary] = {}
     for annotation in store.annotations.of_project(project_id):
         if annotation.was_cancelled:
@@ -219,7 +225,9 @@ def correction_stats(store: "Store", project_id: int,
             continue  # a prediction we cannot place in pixels says nothing about corrections
         summary = summaries.setdefault(version, CorrectionSummary(version, costs=costs))
         changes = BoxChanges()
-        for control, counted in compare_by_control(predicted, annotation.boxes).items():
+        final = [b for b in annotation.boxes if b.get("from_name") not in prompts]
+        predicted = [b for b in predicted if b.get("from_name") not in prompts]
+        for control, counted in compare_by_control(predicted, final).items():
             changes += counted
             summary.by_control.setdefault(control, BoxChanges())
             summary.by_control[control] += counted
@@ -249,3 +257,17 @@ def _box_iou(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]
         return np.column_stack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
 
     return np.asarray(coco_mask.iou(xywh(predicted), xywh(final), [0] * len(final)), dtype=float)
+
+
+def _all_masks(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> bool:
+    sizes = {tuple(b["mask"]["size"]) if isinstance(b.get("mask"), dict) else None for b in (*predicted, *final)}
+    return len(sizes) == 1 and None not in sizes
+
+
+def _mask_iou(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str, Any]]) -> np.ndarray:
+    """IoU of every predicted mask with every final one (COCO RLEs of one image size)."""
+    def rles(boxes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"size": list(b["mask"]["size"]), "counts": b["mask"]["counts"]} for b in boxes]
+
+    iou = coco_mask.iou(rles(predicted), rles(final), [0] * len(final))
+    return np.asarray(iou, dtype=float).reshape(len(predicted), len(final))

@@ -47,6 +47,9 @@ class Job:
     """... and a class it abstains from gets no box there."""
     calibration: Calibration | None = None
     """The serving version's calibration the job was made with (None: the settings' threshold serves)."""
+    segmenter: str | None = None
+    """The segmenter that turns the boxes of mask controls into masks (``Settings.segmenter``); None when the
+    schema has no mask control."""
 
     def threshold(self, control: LabelsControl, label: str) -> float | None:
         """The score ``label``'s boxes must exceed on ``control`` (None: not served there). A threshold written in
@@ -94,9 +97,12 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
         key_source["calibration"] = {"thresholds": sorted(class_thresholds.items()), "abstained": sorted(abstained)}
     if any(c.dropped for c in classes):
         key_source["dropped"] = [[c.name, list(c.dropped)] for c in classes if c.dropped]
+    segmenter = settings.segmenter if schema.mask_controls else None
+    if segmenter is not None:  # absent for box projects: their keys stay as they were
+        key_source["masks"] = {"segmenter": segmenter, "kinds": [[c.name, c.kind] for c in schema.mask_controls]}
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
-               calibration)
+               calibration, segmenter)
 
 
 def recalibrated(settings: Settings, job: Job, calibration: Calibration | None) -> Job:

@@ -5,8 +5,9 @@ promotion, ``groundloop predict`` on a folder and the demo all call ``predict_im
 ``predict_task``, which stores the prediction (``predictions``, keyed by image URL, model version and the job's
 ``params_key``), so a prediction computed by one of them is answered from the store by the others.
 
-A prediction is ``{"result": [rectangles], "score": s, "model_version": v}``: Label Studio's format for a
-/predict answer and for ``POST /api/predictions``. ``score`` is the detector's uncertainty in [0, 1]; LOW means
+A prediction is ``{"result": [regions], "score": s, "model_version": v}``: Label Studio's format for a
+/predict answer and for ``POST /api/predictions``. Regions are rectangles, and for a config with brush or polygon
+labels also masks: the boxes those controls serve prompt the segmenter (``segmenting``). ``score`` is the detector's uncertainty in [0, 1]; LOW means
 "look at this task first", which is what Label Studio's "Uncertainty sampling" serves first.
 """
 
@@ -20,13 +21,16 @@ from typing import TYPE_CHECKING, Sequence
 from active_learning.images import ImageError, ImageFetcher
 from active_learning.images.fetcher import short_url
 from active_learning.labelstudio.regions import regions_from_detections
+from active_learning.serving.interactive import SmartPrompt, answer_smart_prompt
 from active_learning.serving.jobs import Job
+from active_learning.serving.segmenting import SegmenterUnavailable, add_masks, shared_segmenter
 from active_learning.store import Store
 
 if TYPE_CHECKING:
     import supervision as sv
     from PIL import Image
 
+    from active_learning.labelstudio.config import ProjectSchema
     from active_learning.serving.pool import LoadedModel
     from model import Detector
 
@@ -44,7 +48,7 @@ class PredictionError(Exception):
 @dataclass(frozen=True)
 class ImagePrediction:
     result: list[dict]
-    """Label Studio rectangles, one per (detection, control that offers its label)."""
+    """Label Studio regions, one per (detection, control that offers its label)."""
     score: float
     detections: "sv.Detections"
 
@@ -53,8 +57,13 @@ class ImagePrediction:
 
 
 def predict_images(detector: "Detector", images: Sequence["Image.Image"], job: Job) -> list[ImagePrediction]:
-    """One detect pass over ``images`` (batched by the detector) and each image's regions and score."""
+    """One detect pass over ``images`` (batched by the detector), the masks the job's mask controls need, and each
+    image's regions and score. Raises ``SegmenterUnavailable`` when masks are needed and the segmenter cannot load."""
     detections = detector.detect(list(images), list(job.classes), job.detection)
+    if job.segmenter is not None:
+        segmenter = shared_segmenter(job.segmenter, detector.device)
+        for image, found in zip(images, detections):
+            add_masks(segmenter, image, found, job)
     return [
         ImagePrediction(
             result=regions_from_detections(found, job.schema, image.width, image.height, threshold=job.threshold),
@@ -66,9 +75,13 @@ def predict_images(detector: "Detector", images: Sequence["Image.Image"], job: J
 
 
 def image_url(task: dict, job: Job) -> str:
-    url = task["data"].get(job.schema.image_key)
+    return _image_url(task, job.schema.image_key)
+
+
+def _image_url(task: dict, key: str) -> str:
+    url = task["data"].get(key)
     if not isinstance(url, str) or not url:
-        raise PredictionError(f"no image URL in data[{job.schema.image_key!r}]")
+        raise PredictionError(f"no image URL in data[{key!r}]")
     return url
 
 
@@ -92,6 +105,8 @@ def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task
             raise PredictionError(str(exc)) from None
         try:
             [predicted] = predict_images(model.detector, [fetched.image], job)
+        except SegmenterUnavailable as exc:
+            raise PredictionError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
             log.exception("detection failed on %s", short_url(url))
             raise PredictionError(f"detection failed on {short_url(url)}: {type(exc).__name__}") from None
@@ -100,6 +115,25 @@ def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task
                                model_version=model.version, params_key=job.params_key, result=predicted.result,
                                score=predicted.score)
     return predicted.as_prediction(model.version)
+
+
+def predict_smart_prompt(model: "LoadedModel", fetcher: ImageFetcher, task: dict, schema: "ProjectSchema",
+                         prompt: "SmartPrompt", segmenter_source: str) -> dict:
+    """The answer to a smart tool's prompt on the task's image (``interactive``); shown by Label Studio, stored by
+    neither. Raises PredictionError when the image or the segmenter fails."""
+    url = _image_url(task, schema.image_key)
+    with IMAGES_AT_ONCE:
+        try:
+            fetched = fetcher.fetch(url)
+            segmenter = shared_segmenter(segmenter_source, model.detector.device)
+        except (ImageError, SegmenterUnavailable) as exc:
+            raise PredictionError(str(exc)) from None
+        try:
+            result = answer_smart_prompt(segmenter, fetched.image, prompt, schema)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
+            log.exception("segmentation failed on %s", short_url(url))
+            raise PredictionError(f"segmentation failed on {short_url(url)}: {type(exc).__name__}") from None
+    return as_prediction(result, 1.0, model.version)
 
 
 def as_prediction(result: list, score: float, model_version: str) -> dict:

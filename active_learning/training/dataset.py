@@ -1,5 +1,8 @@
 """A project's training data from the store: its humans' latest boxes on cached images, split for good.
 
+A brush or polygon annotation trains the detector through its mask's bounding box (the stored ``"box"``); the
+regions of the project's smart tools are prompts for the segmenter, not labels, and are left out.
+
 The split decides, from a hash of the task id alone, whether a task validates or trains, so every round of a
 project validates on the same tasks (scores of different rounds compare) and no task a model trained on is
 later used to judge it. Rule: a task validates if its hash value u (in [0, 1)) is below ``val_fraction``, or if
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import supervision as sv
@@ -21,6 +24,9 @@ from active_learning.images import ImageCache, ImageError
 from active_learning.store import LabeledTask, Store
 from model import ClassSpec
 from model.training import TrainingExample
+
+if TYPE_CHECKING:
+    from active_learning.labelstudio.config import ProjectSchema
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +55,21 @@ class Dataset:
 
 def project_classes(store: Store, project_id: int) -> list[ClassSpec]:
     """Every control's labels (``ProjectSchema.classes``): what the detector trains on."""
+    return _schema(store, project_id).classes
+
+
+def _schema(store: Store, project_id: int) -> "ProjectSchema":
     schema = store.projects.schema(project_id)
     if schema is None:
-        raise ValueError(f"project {project_id} has no <RectangleLabels> in its label config in the store; "
-                         "open it in Label Studio once or run `groundloop sync --project N`")
-    return schema.classes
+        raise ValueError(f"project {project_id} has no <RectangleLabels>, <BrushLabels> or <PolygonLabels> in its "
+                         "label config in the store; open it in Label Studio once or run "
+                         "`groundloop sync --project N`")
+    return schema
 
 
 def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int],
-             skipped: list[str]) -> TrainingExample | None:
+             skipped: list[str], prompts: frozenset[str] = frozenset()) -> TrainingExample | None:
+    """The task's boxes on its image; boxes of the controls in ``prompts`` (smart tools) left out silently."""
     try:
         image = cache.get(task.image_url).image
     except ImageError as error:
@@ -65,6 +77,8 @@ def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int],
         return None
     boxes, class_ids = [], []
     for box in task.boxes:
+        if box.get("from_name") in prompts:
+            continue
         if box["label"] not in class_index:
             skipped.append(f"task {task.task_id}: box label {box['label']!r} is not a class of the project; box left out")
             continue
@@ -77,13 +91,15 @@ def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int],
 def build_dataset(store: Store, cache: ImageCache, project_id: int, val_fraction: float,
                   val_min: int) -> Dataset:
     """Every live labeled task of the project (the newest live, not skipped annotation each), split."""
-    classes = project_classes(store, project_id)
+    schema = _schema(store, project_id)
+    classes = schema.classes
+    prompts = frozenset(tool.name for tool in schema.smart_tools)
     class_index = {c.name: i for i, c in enumerate(classes)}
     tasks = store.tasks.labeled(project_id)
     validate = validation_ids([t.task_id for t in tasks], val_fraction, val_min)
     dataset = Dataset(classes, [], [], [], [], [])
     for task in tasks:
-        example = _example(task, cache, class_index, dataset.skipped)
+        example = _example(task, cache, class_index, dataset.skipped, prompts)
         if example is None:
             continue
         if task.task_id in validate:

@@ -102,4 +102,4 @@ def test_train_exits_1_when_the_round_fails(tmp_path, capsys, small_model_dir):
     argv = ["train", "--project", "3", "--model", str(small_model_dir), *_data_dir_flags(tmp_path)]
     assert main(argv) == 1  # nothing labeled: it cannot train
     out = capsys.readouterr().out
-    assert "run 1: failed: ValueError: project 3 has no <RectangleLabels> in its label config" in out
+    assert "run 1: failed: ValueError: project 3 has no <RectangleLabels>, <BrushLabels> or <PolygonLabels> in its label config" in out

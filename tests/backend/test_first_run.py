@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from backend.cli import _parser
-from model.sources import GROUNDING_DINO_MODEL_TYPES, check_model_source
+from model.sources import GROUNDING_DINO_MODEL_TYPES, ModelSourceError, check_model_source
 from tests.support.backend import groundloop_serve
 from tests.support.net import free_port, http_server
 
@@ -236,16 +236,42 @@ def test_the_model_types_accepted_are_those_transformers_loads_as_grounding_dino
     assert grounding_dino == set(GROUNDING_DINO_MODEL_TYPES)
 
 
+def test_the_segmenter_is_checked_as_a_segmenter(small_model_dir, small_segmenter_dir):
+    from model.sources import SEGMENTER
+
+    check_model_source(small_segmenter_dir, SEGMENTER)  # a SAM needs no tokenizer
+    with pytest.raises(ModelSourceError, match="it is a 'sam' model, not Grounding DINO"):
+        check_model_source(small_segmenter_dir)
+    with pytest.raises(ModelSourceError, match="it is a 'grounding-dino' model, not a SAM-family segmenter"):
+        check_model_source(small_model_dir, SEGMENTER)
+
+
+def test_the_segmenter_model_types_are_the_box_promptable_image_models_transformers_loads():
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASK_GENERATION_MAPPING_NAMES as mapping
+
+    from model.sources import SEGMENTER_MODEL_TYPES
+
+    image_models = {kind for kind in mapping if not kind.endswith("_video") and not kind.startswith("sam3")}
+    assert image_models == set(SEGMENTER_MODEL_TYPES)
+
+
 # --- copy-models: a directory that serves without the hub ---------------------------------------------------------
 
 @pytest.mark.slow  # a copy (loads and saves the model), then the real server
-def test_copy_models_from_a_directory_writes_one_that_serve_loads(tmp_path, small_model_dir, model_version):
+def test_copy_models_from_a_directory_writes_one_that_serve_loads(tmp_path, small_model_dir, model_version,
+                                                                  small_segmenter_dir, segmenter):
+    from model import Segmenter
+
     code, out, err, _ = run(["copy-models", "--to", str(tmp_path / "models"), "--model", str(small_model_dir),
-                             "--data-dir", str(tmp_path / "data")], hub_env(tmp_path, unreachable_hub()))
+                             "--segmenter", str(small_segmenter_dir), "--data-dir", str(tmp_path / "data")],
+                            hub_env(tmp_path, unreachable_hub()))
     assert code == 0, err
-    copy = tmp_path / "models" / small_model_dir.name
-    assert f"groundloop serve --model {copy}\n" in out and f"GROUNDLOOP_MODEL={copy} " in out
-    assert sorted(p.name for p in copy.parent.iterdir()) == [small_model_dir.name]  # no partial left beside it
+    copy, segmenter_copy = tmp_path / "models" / small_model_dir.name, tmp_path / "models" / small_segmenter_dir.name
+    assert f"groundloop serve --model {copy} --segmenter {segmenter_copy}\n" in out
+    assert f"GROUNDLOOP_MODEL={copy} GROUNDLOOP_SEGMENTER={segmenter_copy} " in out
+    # no partial left beside them
+    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([small_model_dir.name, small_segmenter_dir.name])
+    assert Segmenter.load(segmenter_copy, device="cpu").version_digest == segmenter.version_digest
     with groundloop_serve(tmp_path, "--no-worker", "--model", str(copy)) as server:
         assert server.model_version == model_version  # the same name and the same weights as the source
 
@@ -257,7 +283,7 @@ def test_copy_models_from_the_hub_cache_writes_a_directory_with_the_same_weights
     cache = hub_cache(tmp_path / "cache", "someone/tiny-gd", small_model_dir)
     env = hub_env(tmp_path, unreachable_hub(), offline=True, cache=cache)
     code, out, err, _ = run(["copy-models", "--to", str(tmp_path / "models"), "--model", "someone/tiny-gd",
-                             "--data-dir", str(tmp_path / "data")], env)
+                             "--skip", "segmenter", "--data-dir", str(tmp_path / "data")], env)
     assert code == 0, err
     copy = tmp_path / "models" / "tiny-gd"
     assert f"groundloop serve --model {copy}\n" in out

@@ -168,5 +168,5 @@ def test_import_targets_a_named_control_and_keeps_the_others(settings, store, tm
     assert sorted((b["from_name"], b["label"]) for b in task.boxes) == [
         ("damage", "dent"), ("damage", "scratch"), ("objects", "car")]
     assert import_csv(store, cache, 9, tmp_path / "damage.csv", images, control="damage").unchanged == 1
-    with pytest.raises(InterchangeError, match='no <RectangleLabels name="wheels">'):
+    with pytest.raises(InterchangeError, match='no labels control name="wheels"'):
         import_csv(store, cache, 9, tmp_path / "damage.csv", images, control="wheels")

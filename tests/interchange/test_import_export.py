@@ -239,3 +239,93 @@ def test_cli_import_and_export(tmp_path, voc_dir, capsys):
     assert main(["export", "--project", "3", "--format", "coco", "--out", str(tmp_path / "out"), *data]) == 0
     assert "2 images, 2 boxes exported" in capsys.readouterr().out
     assert (tmp_path / "out" / "annotations.json").is_file()
+
+
+MIXED_CONFIG = ('<View><Image name="image" value="$image"/>'
+                '<RectangleLabels name="label" toName="image"><Label value="car"/></RectangleLabels>'
+                '<BrushLabels name="brush" toName="image"><Label value="car"/><Label value="road"/></BrushLabels>'
+                '<KeyPointLabels name="click" toName="image" smart="true"><Label value="road"/></KeyPointLabels>'
+                '<RectangleLabels name="smartbox" toName="image" smart="true"><Label value="road"/></RectangleLabels>'
+                '</View>')
+
+
+def _mask_project(store, cache, tmp_path):
+    """Project 5, one Label Studio task on a 64x48 image: a rectangle, a brush mask, and two smart-tool prompts (a
+    click, a box). Returns the brush mask."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from active_learning.labelstudio.records import parse_annotation, parse_task
+
+    image = write_png(tmp_path / "m.png", SIZE, seed=6)
+    url = "/data/upload/5/0a1b2c3d-road.png"
+    cache.put(url, image.read_bytes())
+    store.projects.set_label_config(5, MIXED_CONFIG)
+    mask = np.zeros((SIZE[1], SIZE[0]), dtype=bool)
+    mask[20:40, 5:60] = True
+    mask[30:40, 30:45] = False  # a notch: not its bounding box
+    common = {"to_name": "image", "original_width": SIZE[0], "original_height": SIZE[1]}
+    result = [
+        {**common, "type": "rectanglelabels", "from_name": "label",
+         "value": {"x": 25, "y": 50, "width": 50, "height": 25, "rectanglelabels": ["car"]}},
+        {**common, "type": "brushlabels", "from_name": "brush",
+         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["road"]}},
+        {**common, "type": "keypointlabels", "from_name": "click",
+         "value": {"x": 50, "y": 60, "width": 1, "keypointlabels": ["road"]}},
+        {**common, "type": "rectanglelabels", "from_name": "smartbox",
+         "value": {"x": 5, "y": 40, "width": 90, "height": 45, "rectanglelabels": ["road"]}},
+    ]
+    task = parse_task({"id": 21, "project": 5, "data": {"image": url}}, 5)
+    annotation = parse_annotation({"id": 50, "task": 21, "project": 5, "result": result,
+                                   "updated_at": "2026-11-21T10:00:00Z"}, 5)
+    store.annotations.save(None, task, annotation)
+    return mask
+
+
+def test_coco_export_carries_brush_masks_beside_boxes(store, cache, tmp_path):
+    from pycocotools import mask as coco_mask
+
+    mask = _mask_project(store, cache, tmp_path)
+
+    report = export_project(store, cache, 5, tmp_path / "out", "coco")
+
+    assert (report.images, report.boxes, report.skipped) == (1, 2, [])  # the smart tools' prompts: not exported
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    by_name = {names[a["category_id"]]: a for a in coco["annotations"]}
+    assert set(by_name) == {"label/car", "road"}  # "car" is a label of both controls
+    car, road = by_name["label/car"], by_name["road"]
+    assert car["segmentation"] == [] and car["bbox"] == [16, 24, 32, 12]  # a box stays a box
+    rle = road["segmentation"]
+    assert rle["size"] == [SIZE[1], SIZE[0]] and isinstance(rle["counts"], str) and road["iscrowd"] == 0
+    decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+    np.testing.assert_array_equal(decoded, mask)
+    assert road["area"] == mask.sum() == 55 * 20 - 15 * 10
+    assert road["bbox"] == [5, 20, 55, 20]
+
+
+def test_voc_export_of_a_mask_project_writes_boxes(store, cache, tmp_path):
+    _mask_project(store, cache, tmp_path)
+
+    export_project(store, cache, 5, tmp_path / "out", "voc")
+
+    read = sv.DetectionDataset.from_pascal_voc(str(tmp_path / "out" / "images"), str(tmp_path / "out" / "annotations"))
+    [(_, detections)] = read.annotations.items()
+    assert sorted(read.classes[i] for i in detections.class_id) == ["label/car", "road"]
+    np.testing.assert_allclose(sorted(detections.xyxy.tolist()), [[5, 20, 60, 40], [16, 24, 48, 36]], atol=1)
+
+
+def test_brush_annotations_train_on_their_mask_box_and_prompts_are_left_out(store, cache, tmp_path):
+    _mask_project(store, cache, tmp_path)
+
+    dataset = build_dataset(store, cache, 5, val_fraction=0.0, val_min=0)
+
+    assert dataset.skipped == []  # the prompts are not reported as unknown boxes either
+    assert [c.name for c in dataset.classes] == ["car", "road"]  # what the detector trains on: labels once
+    [example] = dataset.train
+    assert sorted(zip(example.targets.class_id.tolist(), example.targets.xyxy.tolist())) == [
+        (0, [16.0, 24.0, 48.0, 36.0]), (1, [5.0, 20.0, 60.0, 40.0])]
+
+
+def test_export_without_a_label_config_names_every_control(store, cache, tmp_path):
+    with pytest.raises(InterchangeError, match="has no <RectangleLabels>, <BrushLabels> or <PolygonLabels>"):
+        export_project(store, cache, 99, tmp_path / "out", "coco")

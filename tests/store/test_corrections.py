@@ -103,3 +103,64 @@ def test_prediction_served_after_the_annotation_does_not_count(sqlite_store: Sto
     sqlite_store.predictions.save(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
                                  result=[region("cat", 10, 10, 50, 50)], score=0.9)  # served now, later
     assert correction_stats(sqlite_store, 1) == {}
+
+
+def brush(label: str, mask, from_name: str = "brush") -> dict:
+    """A Label Studio brushlabels region of a bool mask (Label Studio's RLE, label-studio-sdk's encoder)."""
+    import numpy as np
+    from label_studio_sdk.converter.brush import mask2rle
+
+    return {"type": "brushlabels", "from_name": from_name, "to_name": "image", "original_width": mask.shape[1],
+            "original_height": mask.shape[0],
+            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]}}
+
+
+def _masks():
+    import numpy as np
+
+    full = np.zeros((60, 80), dtype=bool)
+    full[10:50, 10:70] = True
+    frame = full.copy()
+    frame[13:47, 13:67] = False  # the same bounding box, a fraction of the pixels
+    nudged = full.copy()
+    nudged[10:12, 10:70] = False  # 5 % fewer pixels
+    return full, frame, nudged
+
+
+def test_masks_are_paired_by_mask_iou_not_by_their_boxes() -> None:
+    from active_learning.labelstudio.regions import boxes_from_result
+
+    full, frame, nudged = _masks()
+    predicted, _ = boxes_from_result([brush("cat", full)])
+    redrawn, _ = boxes_from_result([brush("cat", frame)])
+    kept, _ = boxes_from_result([brush("cat", nudged)])
+    assert predicted[0]["box"] == redrawn[0]["box"]  # box IoU 1: boxes alone would call it kept
+
+    changes = compare_boxes(predicted, redrawn)
+    assert (changes.kept, changes.moved, changes.deleted, changes.added) == (0, 0, 1, 1)
+    changes = compare_boxes(predicted, kept)
+    assert (changes.kept, changes.moved, changes.deleted, changes.added) == (1, 0, 0, 0)
+    # Without masks on one side (boxes of an older prediction) the boxes decide.
+    boxes_only = [{k: v for k, v in b.items() if k != "mask"} for b in predicted]
+    assert compare_boxes(boxes_only, redrawn).kept == 1
+
+
+def test_stats_of_a_mask_project_leave_smart_tool_prompts_out(sqlite_store: Store, webhook) -> None:
+    store = sqlite_store
+    full, frame, _ = _masks()
+    store.predictions.save(project_id=1, task_id=1, image_url="/a.png", model_version="v1", params_key="k",
+                           result=[brush("cat", full)], score=0.9)
+    store.predictions.save(project_id=1, task_id=2, image_url="/b.png", model_version="v1", params_key="k",
+                           result=[brush("cat", full)], score=0.9)
+    prompt = {**region("cat", 10, 10, 70, 50, size=(80, 60)), "from_name": "smart"}  # the box the annotator drew
+    _annotate(store, webhook, 1, 1, [brush("cat", full), prompt])
+    _annotate(store, webhook, 2, 2, [brush("cat", frame), prompt])
+    store.projects.set_label_config(1, (
+        '<View><Image name="image" value="$image"/>'
+        '<BrushLabels name="brush" toName="image"><Label value="cat"/></BrushLabels>'
+        '<RectangleLabels name="smart" toName="image" smart="true"><Label value="cat"/></RectangleLabels></View>'))
+
+    stats = correction_stats(store, 1)["v1"].as_dict()
+
+    assert set(stats["controls"]) == {"brush"}
+    assert (stats["kept"], stats["deleted"], stats["added"], stats["final"]) == (1, 1, 1, 2)

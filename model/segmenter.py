@@ -1,0 +1,140 @@
+"""Segment Anything as a segmenter: boxes (Grounding DINO's, or a drawn one) or clicks in, boolean masks out.
+
+This is the "SAM" half of Grounded SAM. Any box-promptable SAM-family model that transformers ships loads here
+(SAM, SAM-HQ, SAM 2, EdgeTAM), from a hub id or a ``save_pretrained`` directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoModelForMaskGeneration, AutoProcessor
+
+from model.detector import weights_digest
+
+# The mask decoder is cheap next to the image encoder, but its activations grow with the number of prompts:
+# boxes go through it this many at a time.
+DECODER_CHUNK = 64
+# Float32 pixels that post-processing may hold at once (64 MB). A 4000 x 3000 image is upsampled one mask at a
+# time; a 640 x 480 one about fifty at a time.
+UPSAMPLE_PIXELS = 1 << 24
+
+
+class Segmenter:
+    """A loaded SAM-family model and its processor. ``segment_*`` may be called from several threads at once."""
+
+    def __init__(self, model, processor, source: str, device: torch.device, version_digest: str):
+        self.model = model
+        self.processor = processor
+        self.source = source
+        self.device = device
+        self.version_digest = version_digest
+        # One forward at a time: parallel forwards would only fight over the same cores or GPU memory.
+        self._lock = threading.Lock()
+        # SAM-HQ's mask decoder also reads the ViT's intermediate features, which its forward takes separately.
+        self._takes_intermediate = "intermediate_embeddings" in inspect.signature(model.forward).parameters
+
+    @classmethod
+    def load(cls, source: str | Path, device: str = "auto") -> "Segmenter":
+        """Load a hub id or a ``save_pretrained`` directory. ``device="auto"``: CUDA when present, else CPU."""
+        source = str(source)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForMaskGeneration.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
+        version_digest = weights_digest(model)
+        model.to(device).eval()
+        return cls(model, processor, source, torch.device(device), version_digest)
+
+    def segment_boxes(self, image: Image.Image, xyxy: np.ndarray) -> np.ndarray:
+        """One ``(H, W)`` bool mask per box of ``xyxy`` (``(N, 4)`` pixels on ``image``): ``(N, H, W)``.
+
+        The image goes through the vision encoder once, whatever N; its boxes then go through the prompt encoder
+        and mask decoder ``DECODER_CHUNK`` at a time, one mask each (``multimask_output=False``).
+        """
+        xyxy = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)
+        if not len(xyxy):
+            return np.zeros((0, image.height, image.width), dtype=bool)
+        inputs = self.processor(images=_rgb(image), input_boxes=[xyxy.tolist()], return_tensors="pt")
+        boxes = inputs.pop("input_boxes")
+        with self._lock:
+            embedding = self._embed(inputs["pixel_values"])
+            low_res = torch.cat([
+                self._decode(embedding, input_boxes=boxes[:, start:start + DECODER_CHUNK])
+                for start in range(0, boxes.shape[1], DECODER_CHUNK)
+            ])
+        return self._full_size(low_res, inputs)
+
+    def segment_points(
+        self, image: Image.Image, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One ``(H, W)`` bool mask for one object, prompted by clicks and/or a box, as Label Studio's interactive
+        tools send them: ``points`` ``(K, 2)`` pixel x, y with ``labels`` ``(K,)`` (1 positive, 0 negative), and
+        ``box`` ``(4,)`` pixel x1, y1, x2, y2. Either may be empty (or ``box`` None), not both."""
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        box = None if box is None or np.size(box) == 0 else np.asarray(box, dtype=np.float32).reshape(4)
+        if len(points) != len(labels):
+            raise ValueError(f"{len(points)} points but {len(labels)} labels")
+        if not len(points) and box is None:
+            raise ValueError("segment_points needs at least one point or a box")
+        prompts = {}
+        if len(points):
+            prompts.update(input_points=[[points.tolist()]], input_labels=[[labels.tolist()]])
+        if box is not None:
+            prompts["input_boxes"] = [[box.tolist()]]
+        inputs = self.processor(images=_rgb(image), return_tensors="pt", **prompts)
+        prompt_tensors = {name: inputs.pop(name) for name in ("input_points", "input_labels", "input_boxes")
+                          if name in inputs}
+        with self._lock:
+            low_res = self._decode(self._embed(inputs["pixel_values"]), **prompt_tensors)
+        return self._full_size(low_res, inputs)[0]
+
+    def _embed(self, pixel_values: torch.Tensor) -> dict:
+        """The forward's image-embedding arguments, from one vision-encoder pass. The one place where the model
+        kinds differ: SAM gives a tensor, SAM 2 and EdgeTAM a list of feature maps (both go in
+        ``image_embeddings``), SAM-HQ a pair whose second half goes in ``intermediate_embeddings``."""
+        with torch.inference_mode(), self._autocast():
+            embeddings = self.model.get_image_embeddings(pixel_values.to(self.device))
+        if self._takes_intermediate:
+            embeddings, intermediate = embeddings
+            return {"image_embeddings": embeddings, "intermediate_embeddings": intermediate}
+        return {"image_embeddings": embeddings}
+
+    def _decode(self, embedding: dict, **prompts: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits ``(prompts, 1, h, w)``, float32 on CPU, for one image's prompt batch."""
+        prompts = {name: tensor.to(self.device) for name, tensor in prompts.items()}
+        with torch.inference_mode(), self._autocast():
+            outputs = self.model(**embedding, **prompts, multimask_output=False)
+        return outputs.pred_masks[0].float().cpu()
+
+    def _full_size(self, low_res: torch.Tensor, inputs) -> np.ndarray:
+        """``(N, H, W)`` bool masks at the image's size, binarised by the processor's own ``post_process_masks``
+        (at its default threshold), a few masks at a time so that float masks never fill memory."""
+        height, width = (int(side) for side in inputs["original_sizes"][0])
+        # SAM and SAM-HQ pad the image and must crop the padding off; SAM 2's processor has no such argument.
+        sizes = {name: inputs[name] for name in ("original_sizes", "reshaped_input_sizes") if name in inputs}
+        pad = getattr(self.processor.image_processor, "pad_size", None) or {"height": 0, "width": 0}
+        per_mask = height * width + pad["height"] * pad["width"]  # SAM upsamples to the padded size first
+        step = max(1, UPSAMPLE_PIXELS // per_mask)
+        masks = np.empty((len(low_res), height, width), dtype=bool)
+        for start in range(0, len(low_res), step):
+            (chunk,) = self.processor.post_process_masks([low_res[start:start + step]], **sizes)
+            masks[start:start + step] = chunk[:, 0].numpy()
+        return masks
+
+    def _autocast(self):
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
