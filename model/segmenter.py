@@ -61,7 +61,9 @@ class Segmenter:
         xyxy = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)
         if not len(xyxy):
             return np.zeros((0, image.height, image.width), dtype=bool)
-        inputs = self.processor(images=_rgb(image), input_boxes=[xyxy.tolist()], return_tensors="pt")
+        model_image, scale = self._reduce(image)
+        inputs = self.processor(images=model_image, input_boxes=[(xyxy * np.tile(scale, 2)).tolist()],
+                                return_tensors="pt")
         boxes = inputs.pop("input_boxes")
         with self._lock:
             embedding = self._embed(inputs["pixel_values"])
@@ -69,7 +71,7 @@ class Segmenter:
                 self._decode(embedding, input_boxes=boxes[:, start:start + DECODER_CHUNK])
                 for start in range(0, boxes.shape[1], DECODER_CHUNK)
             ])
-        return self._full_size(low_res, inputs)
+        return self._full_size(low_res, inputs, image.size)
 
     def segment_points(
         self, image: Image.Image, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None = None
@@ -84,17 +86,18 @@ class Segmenter:
             raise ValueError(f"{len(points)} points but {len(labels)} labels")
         if not len(points) and box is None:
             raise ValueError("segment_points needs at least one point or a box")
+        model_image, scale = self._reduce(image)
         prompts = {}
         if len(points):
-            prompts.update(input_points=[[points.tolist()]], input_labels=[[labels.tolist()]])
+            prompts.update(input_points=[[(points * scale).tolist()]], input_labels=[[labels.tolist()]])
         if box is not None:
-            prompts["input_boxes"] = [[box.tolist()]]
-        inputs = self.processor(images=_rgb(image), return_tensors="pt", **prompts)
+            prompts["input_boxes"] = [[(box * np.tile(scale, 2)).tolist()]]
+        inputs = self.processor(images=model_image, return_tensors="pt", **prompts)
         prompt_tensors = {name: inputs.pop(name) for name in ("input_points", "input_labels", "input_boxes")
                           if name in inputs}
         with self._lock:
             low_res = self._decode(self._embed(inputs["pixel_values"]), **prompt_tensors)
-        return self._full_size(low_res, inputs)[0]
+        return self._full_size(low_res, inputs, image.size)[0]
 
     def _embed(self, pixel_values: torch.Tensor) -> dict:
         """The forward's image-embedding arguments, from one vision-encoder pass. The one place where the model
@@ -114,12 +117,33 @@ class Segmenter:
             outputs = self.model(**embedding, **prompts, multimask_output=False)
         return outputs.pred_masks[0].float().cpu()
 
-    def _full_size(self, low_res: torch.Tensor, inputs) -> np.ndarray:
-        """``(N, H, W)`` bool masks at the image's size, binarised by the processor's own ``post_process_masks``
-        (at its default threshold), a few masks at a time so that float masks never fill memory."""
-        height, width = (int(side) for side in inputs["original_sizes"][0])
+    def _reduce(self, image: Image.Image) -> tuple[Image.Image, np.ndarray]:
+        """The RGB image no larger than the model's input side, and the ``(x, y)`` factors its pixels were scaled by.
+
+        The processor would turn the full image into float arrays before resizing it (about 1 GB for a
+        10000 x 8000 photo); resizing the PIL image first, as the processor's PIL backend would, keeps the memory
+        per image near the decoded image's own. Prompts are scaled by the factors; ``_full_size`` upsamples the
+        masks to the original size.
+        """
+        image = _rgb(image)
+        size = self.processor.image_processor.size
+        side = getattr(size, "longest_edge", None) or max(size.height or 0, size.width or 0)  # SAM 2: a square
+        if not side or max(image.size) <= side:
+            return image, np.ones(2, dtype=np.float32)
+        factor = side / max(image.size)
+        reduced = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        resample = getattr(self.processor.image_processor, "resample", None)
+        image_reduced = image.resize(reduced, resample=Image.Resampling.BILINEAR if resample is None else resample)
+        return image_reduced, np.array([reduced[0] / image.width, reduced[1] / image.height], dtype=np.float32)
+
+    def _full_size(self, low_res: torch.Tensor, inputs, image_size: tuple[int, int]) -> np.ndarray:
+        """``(N, H, W)`` bool masks at ``image_size`` (the original image's, before ``_reduce``), binarised by the
+        processor's own ``post_process_masks`` (at its default threshold), a few masks at a time so that float
+        masks never fill memory."""
+        width, height = image_size
         # SAM and SAM-HQ pad the image and must crop the padding off; SAM 2's processor has no such argument.
         sizes = {name: inputs[name] for name in ("original_sizes", "reshaped_input_sizes") if name in inputs}
+        sizes["original_sizes"] = torch.tensor([[height, width]])
         pad = getattr(self.processor.image_processor, "pad_size", None) or {"height": 0, "width": 0}
         per_mask = height * width + pad["height"] * pad["width"]  # SAM upsamples to the padded size first
         step = max(1, UPSAMPLE_PIXELS // per_mask)

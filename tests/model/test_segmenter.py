@@ -108,6 +108,37 @@ def test_masks_are_upsampled_a_few_at_a_time(segmenter, monkeypatch):
     assert chunk_sizes == [1] * len(BOXES)
 
 
+def test_a_large_image_is_reduced_before_the_processor_and_masked_at_full_size(segmenter, monkeypatch):
+    """The processor sees the image at the model's input side (not a float copy of every source pixel); the masks
+    come back at the source's size and agree with those of the processor's own resize."""
+    image = noise_image((1200, 720), seed=3)
+    boxes = BOXES * 8
+    reference = _processor_resized_masks(segmenter, image, boxes)
+    seen = []
+    processor_call = type(segmenter.processor).__call__
+
+    def recording(self, images=None, **kwargs):
+        seen.append(images.size)
+        return processor_call(self, images=images, **kwargs)
+
+    monkeypatch.setattr(type(segmenter.processor), "__call__", recording)
+    masks = segmenter.segment_boxes(image, boxes)
+    assert seen == [(128, 77)]  # longest side 128, the tiny SAM's input
+    assert masks.shape == (len(boxes), 720, 1200)
+    overlap = (masks & reference).sum(axis=(1, 2)) / np.maximum((masks | reference).sum(axis=(1, 2)), 1)
+    assert (overlap > 0.9).all(), overlap
+    click = segmenter.segment_points(image, np.array([[600.0, 360.0]]), np.array([1]))
+    assert click.shape == (720, 1200) and seen[-1] == (128, 77)
+
+
+def _processor_resized_masks(segmenter, image, boxes):
+    """The masks when the processor resizes the full image itself (the path ``_reduce`` shortcuts)."""
+    inputs = segmenter.processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
+    prompts = {"input_boxes": inputs.pop("input_boxes")}
+    low_res = segmenter._decode(segmenter._embed(inputs["pixel_values"]), **prompts)
+    return segmenter._full_size(low_res, inputs, image.size)
+
+
 def test_each_mask_depends_only_on_its_own_box(segmenter):
     """Same input, same masks; permuting the boxes permutes the masks; different boxes, different masks."""
     image = noise_image(WIDE)
