@@ -131,3 +131,14 @@ def test_a_malformed_smart_prompt_is_a_400_naming_the_field(mask_client):
     answer = client.post("/predict", json={"tasks": TASKS[:1], "label_config": SMART, "project": "9.1",
                                            "params": {"context": {"result": [bad]}}})
     assert answer.status_code == 400 and "context.result[0].value.x" in answer.json["error"]
+
+
+def test_a_typed_prompt_gives_boxes_then_masks(mask_client):
+    client, _ = mask_client
+    config = SMART.replace("</View>", '<TextArea name="prompt" toName="image" editable="true"/></View>')
+    typed = {"from_name": "prompt", "to_name": "image", "type": "textarea", "value": {"text": ["kiwi, orange"]}}
+    [answer] = predict(client, config, tasks=TASKS[:1], context={"result": [typed]})
+    regions = answer["result"]
+    assert regions and {r["type"] for r in regions} == {"brushlabels"}
+    assert {r["value"]["brushlabels"][0] for r in regions} <= {"kiwi", "orange"}  # a typed phrase comes back as typed
+    assert all(decoded(r).any() for r in regions)
