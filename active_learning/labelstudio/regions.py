@@ -29,8 +29,11 @@ image's full size, so a region from a webhook claiming a huge image could exhaus
 MAX_RESULT_MASK_PIXELS = 2_000_000_000
 """Pixels of all the masks one result decodes (each mask at its image's size): 10 000 regions of a huge image
 each would hold a webhook for many minutes; a few hundred masks of a photo are fine."""
-MAX_RLE_BYTES = 16_000_000
-"""Length of one brush region's ``rle``: decoding walks it bit by bit."""
+MAX_RLE_BYTES = 2_000_000
+"""Length of one brush region's ``rle``: label-studio-sdk's decoder walks it bit by bit, about 5 µs per byte here
+(a 4000x3000 mask of a disc with speckles: 58 KB, 0.3 s), so this bounds one region to about 10 s ..."""
+MAX_RESULT_RLE_BYTES = 4_000_000
+"""... and this the brush codes of one result (a webhook) to about 20 s."""
 MAX_POLYGON_POINTS = 10_000
 """Points of one polygon region read."""
 POLYGON_POINTS = 100
@@ -56,7 +59,7 @@ def boxes_from_result(result: list[dict[str, Any]], where: str = "result",
     boxes: list[dict[str, Any]] = []
     if not isinstance(result, list):
         raise ValueError(f"{where}: expected a list of regions")
-    decoded = [0]  # mask pixels decoded so far, against MAX_RESULT_MASK_PIXELS
+    decoded = [0, 0]  # mask pixels and brush code bytes decoded so far, against the MAX_RESULT_* limits
     for i, region in enumerate(result):
         if not isinstance(region, dict):
             raise ValueError(f"{where}[{i}]: expected an object")
@@ -206,8 +209,14 @@ def _mask_boxes(region: dict[str, Any], kind: str, where: str, size: tuple[int, 
     if decoded[0] > MAX_RESULT_MASK_PIXELS:
         raise ValueError(f"{where}: the result's masks add up to more than the {MAX_RESULT_MASK_PIXELS} pixels "
                          "groundloop decodes for one annotation")
-    rle = _brush_mask(value, where, width, height) if kind == "brushlabels" else _polygon_mask(value, where, width,
-                                                                                                   height)
+    if kind == "brushlabels":
+        decoded[1] += len(value.get("rle") or ()) if isinstance(value.get("rle"), list) else 0
+        if decoded[1] > MAX_RESULT_RLE_BYTES:
+            raise ValueError(f"{where}: the result's brush codes add up to more than the {MAX_RESULT_RLE_BYTES} "
+                             "bytes groundloop decodes for one annotation")
+        rle = _brush_mask(value, where, width, height)
+    else:
+        rle = _polygon_mask(value, where, width, height)
     if rle is None:
         return []
     from pycocotools import mask as coco_mask
@@ -220,7 +229,9 @@ def _mask_boxes(region: dict[str, Any], kind: str, where: str, size: tuple[int, 
 
 
 def _brush_mask(value: dict[str, Any], where: str, width: int, height: int) -> dict[str, Any] | None:
-    """The COCO RLE of a brush region's pixels (its alpha channel), None when no pixel is set."""
+    """The COCO RLE of a brush region's pixels (its alpha channel, decoded by label-studio-sdk), None when no pixel
+    is set."""
+    from label_studio_sdk.converter.brush import decode_rle
     from pycocotools import mask as coco_mask
 
     if value.get("format", "rle") != "rle":
@@ -237,52 +248,15 @@ def _brush_mask(value: dict[str, Any], where: str, width: int, height: int) -> d
         raise ValueError(f"{where}.value.rle: encodes {values} values, not the {width}x{height}x4 RGBA values of "
                          "its image (original_width/height)")
     try:
-        alpha = decode_brush_alpha(data, width * height)
-    except ValueError as error:
-        raise ValueError(f"{where}.value.rle: {error}") from None
+        rgba = decode_rle(data)
+    except Exception:  # noqa: BLE001 - the SDK's decoder raises whatever a broken bit string makes it hit
+        rgba = None
+    if rgba is None or rgba.size != values:
+        raise ValueError(f"{where}.value.rle: not a complete Label Studio brush code of {values} values")
+    alpha = rgba.reshape(height, width, 4)[:, :, 3] > 0  # Label Studio's editor may paint colours differently
     if not alpha.any():
         return None
-    return coco_mask.encode(np.asfortranarray(alpha.reshape(height, width).view(np.uint8)))
-
-
-def decode_brush_alpha(data: bytes, pixels: int) -> np.ndarray:
-    """The alpha channel > 0 of a Label Studio brush RLE, as ``pixels`` bools (row-major).
-
-    The bit format of label-studio-sdk's ``converter.brush.decode_rle`` (a 32-bit count of RGBA values, a 5-bit
-    word size, four 4-bit run-length sizes, then runs and literals), read without building the RGBA image and
-    with the bit string made by numpy, not a Python loop per bit. Raises ValueError when the code is cut short or
-    its runs overflow the count."""
-    bits = (np.unpackbits(np.frombuffer(data, dtype=np.uint8)) + ord("0")).tobytes().decode("ascii")
-    end, pos = len(bits), 0
-
-    def read(n: int) -> int:
-        nonlocal pos
-        if pos + n > end:
-            raise ValueError("the code ends early")
-        out = int(bits[pos:pos + n], 2)
-        pos += n
-        return out
-
-    count = read(32)
-    if count != pixels * 4:
-        raise ValueError(f"encodes {count} values, not {pixels * 4}")
-    word = read(5) + 1
-    sizes = [read(4) + 1 for _ in range(4)]
-    alpha = np.zeros(pixels, dtype=bool)
-    i = 0
-    while i < count:
-        literal = not read(1)
-        j = i + 1 + read(sizes[read(2)])
-        if j > count:
-            raise ValueError("a run goes past the image's end")
-        if literal:
-            for k in range(i, j):
-                if read(word) and k % 4 == 3:
-                    alpha[k // 4] = True
-        elif read(word):
-            alpha[-((3 - i) // 4):-((3 - j) // 4)] = True  # the alpha values 4p + 3 in [i, j)
-        i = j
-    return alpha
+    return coco_mask.encode(np.asfortranarray(alpha.view(np.uint8)))
 
 
 def _polygon_mask(value: dict[str, Any], where: str, width: int, height: int) -> dict[str, Any] | None:

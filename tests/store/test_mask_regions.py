@@ -13,7 +13,7 @@ from pycocotools import mask as coco_mask
 
 from active_learning.labelstudio.config import parse_label_config
 from active_learning.labelstudio.regions import (MAX_MASK_PIXELS, POLYGON_POINTS, boxes_from_result,
-                                                 decode_brush_alpha, regions_from_detections)
+                                                 regions_from_detections)
 
 WIDTH, HEIGHT = 160, 96  # not square: a swapped width and height shows
 
@@ -82,22 +82,18 @@ def test_brush_region_decodes_to_the_same_mask_at_the_image_size() -> None:
     assert stored["box"] == bbox(mask)
 
 
-def test_fast_brush_decoder_agrees_with_label_studio_sdk() -> None:
-    rng = np.random.default_rng(3)
-    for height, width in [(1, 1), (7, 3), (33, 65)]:
-        mask = rng.random((height, width)) > 0.6  # noise: literals as well as runs
-        rle = mask2rle(mask.astype(np.uint8) * 255)
-        expected = decode_rle(rle).reshape(height, width, 4)[:, :, 3] > 0
-        np.testing.assert_array_equal(decode_brush_alpha(bytes(rle), height * width).reshape(height, width),
-                                      expected)
-    # Label Studio's frontend may paint colour and alpha differently; alpha decides.
-    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+def test_the_alpha_channel_of_a_brush_code_decides() -> None:
+    """Label Studio's frontend may paint colour and alpha differently; a pixel is in the mask when its alpha is."""
+    from label_studio_sdk.converter.brush import encode_rle
+
+    rgba = np.zeros((HEIGHT, WIDTH, 4), dtype=np.uint8)
     rgba[1, 2] = (255, 0, 0, 255)
     rgba[3, 0] = (0, 0, 0, 128)
     rgba[0, 4] = (200, 200, 200, 0)
-    from label_studio_sdk.converter.brush import encode_rle
-    alpha = decode_brush_alpha(bytes(encode_rle(rgba.ravel())), 20).reshape(4, 5)
-    np.testing.assert_array_equal(alpha, rgba[:, :, 3] > 0)
+    region = brush_region(np.zeros((1, 1), bool), original_width=WIDTH, original_height=HEIGHT)
+    region["value"]["rle"] = [int(b) for b in encode_rle(rgba.ravel())]
+    [box] = boxes_from_result([region])[0]
+    np.testing.assert_array_equal(from_coco(box["mask"]), rgba[:, :, 3] > 0)
 
 
 @pytest.mark.parametrize("mask", [disc(70, 50, 30), square(20, 15, 100, 80)], ids=["disc", "square"])
@@ -234,7 +230,7 @@ def _with_value(region: dict, **value) -> dict:
      r"result\[1\]\.value\.rle: encodes \d+ values, not the 160x96x4"),
     # cut short: the header is right but the runs stop
     (_with_value(brush_region(disc(50, 40, 10)), rle=mask2rle(disc(50, 40, 10).astype(np.uint8) * 255)[:12]),
-     r"result\[1\]\.value\.rle: the code ends early"),
+     r"result\[1\]\.value\.rle: not a complete Label Studio brush code"),
     (brush_region(disc(50, 40, 10), original_width=None), r"result\[1\]\.original_width/height"),
     (_with_value(polygon_region([[0, 0], [50, 0]])), r"result\[1\]\.value\.points: expected a list of 3"),
     (_with_value(polygon_region("0,0 1,1 2,2")), r"result\[1\]\.value\.points: expected a list"),
@@ -270,7 +266,9 @@ def test_masks_of_huge_images_are_refused_before_decoding(kind: str, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a mask it should have refused")
 
-    monkeypatch.setattr(regions, "decode_brush_alpha", no_decoding)
+    import label_studio_sdk.converter.brush as brush
+
+    monkeypatch.setattr(brush, "decode_rle", no_decoding)
     monkeypatch.setattr(coco_mask, "frPyObjects", no_decoding)
     with pytest.raises(ValueError, match=rf"result\[0\]: its image of 10000x10000 pixels is more than the "
                                          rf"{MAX_MASK_PIXELS} pixels"):
@@ -284,4 +282,14 @@ def test_a_result_of_too_many_mask_pixels_is_refused(monkeypatch) -> None:
     region = brush_region(disc(50, 40, 10))
     assert len(boxes_from_result([region, region])[0]) == 2
     with pytest.raises(ValueError, match=r"result\[2\]: the result's masks add up to more than"):
+        boxes_from_result([region, region, region])
+
+
+def test_a_result_of_too_many_brush_code_bytes_is_refused(monkeypatch) -> None:
+    import active_learning.labelstudio.regions as regions
+
+    region = brush_region(disc(50, 40, 10))
+    monkeypatch.setattr(regions, "MAX_RESULT_RLE_BYTES", 2 * len(region["value"]["rle"]))
+    assert len(boxes_from_result([region, region])[0]) == 2
+    with pytest.raises(ValueError, match=r"result\[2\]: the result's brush codes add up to more than"):
         boxes_from_result([region, region, region])
