@@ -296,7 +296,7 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store.from_settings(settings)
     try:
-        rollback(store, args.project, args.to)
+        rollback(store, settings, args.project, args.to)
     except ValueError as exc:
         print(f"groundloop rollback: {exc}", file=sys.stderr)
         return 1

@@ -41,9 +41,17 @@ class ServingModel:
     None for the starting model and versions without one."""
 
     @classmethod
-    def of_version(cls, version: "ModelVersion") -> "ServingModel":
+    def of_version(cls, version: "ModelVersion", data_dir: Path) -> "ServingModel":
         metrics = version.metrics or {}
-        return cls(version.path, version.name, metrics.get("weights_digest"), Calibration.from_metrics(metrics))
+        return cls(resolve_model_path(data_dir, version.path), version.name, metrics.get("weights_digest"),
+                   Calibration.from_metrics(metrics))
+
+
+def resolve_model_path(data_dir: Path, path: str) -> str:
+    """A registry path as this machine reads it: relative to ``data_dir`` when it is there (registered versions,
+    ``models/<name>``), else as recorded (a hub id, or an absolute path from before paths were relative)."""
+    candidate = Path(data_dir) / path
+    return str(candidate) if not Path(path).is_absolute() and candidate.exists() else str(path)
 
 
 class CheckpointError(RuntimeError):
@@ -59,7 +67,7 @@ def starting_model_version(detector: Detector) -> str:
 def serving_model(store: Store, settings: Settings, project_id: int | None) -> ServingModel:
     deployed = store.models.deployed(project_id) if project_id is not None else None
     if deployed is not None:
-        return ServingModel.of_version(deployed)
+        return ServingModel.of_version(deployed, settings.data_dir)
     return starting_serving(settings)
 
 
@@ -166,7 +174,7 @@ class ModelPool:
         parent = self.store.models.get(version.parent) if version and version.parent else None
         if parent is None:
             return starting_serving(self.settings)
-        return ServingModel.of_version(parent)
+        return ServingModel.of_version(parent, self.settings.data_dir)
 
     def _keep(self, key: str, model: LoadedModel) -> LoadedModel:
         with self._lock:

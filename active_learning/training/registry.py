@@ -1,7 +1,9 @@
 """The model registry: fine-tuned versions on disk and in the database, and how the deployed one changes.
 
 Each fine-tuned version is a ``save_pretrained`` directory ``<data dir>/models/<version>``, moved there in one
-rename once complete, and a ``model_versions`` row. A checkpoint is registered only if it loads, and its weights
+rename once complete, and a ``model_versions`` row whose path is relative to the data dir (``models/<version>``),
+so that every machine mounting the shared data dir where it likes loads the versions another one registered
+(``pool.ServingModel.of_version`` resolves it). A checkpoint is registered only if it loads, and its weights
 digest is recorded (``metrics["weights_digest"]``). Deploying a version retires the one before; ``rollback``
 deploys any earlier version again.
 """
@@ -12,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from active_learning.serving.pool import CheckpointError
+from active_learning.serving.pool import CheckpointError, resolve_model_path
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model.detector import Detector
@@ -41,18 +43,19 @@ def register(store: Store, settings: Settings, checkpoint: Path, name: str, *, p
     if target.exists():
         shutil.rmtree(target)
     os.replace(checkpoint, target)
-    store.models.add(name, target, project_id=project_id, parent=parent, metrics=metrics,
-                            status="deployed" if deploy else "rejected")
+    store.models.add(name, target.relative_to(settings.data_dir), project_id=project_id, parent=parent,
+                     metrics=metrics, status="deployed" if deploy else "rejected")
     return target
 
 
-def rollback(store: Store, project_id: int, name: str) -> None:
+def rollback(store: Store, settings: Settings, project_id: int, name: str) -> None:
     """Deploy an earlier version of the project again (the current one is retired)."""
     version = store.models.get(name)
     if version is None or version.project_id != project_id:
         known = ", ".join(v.name for v in store.models.versions(project_id)) or "none"
         raise ValueError(f"project {project_id} has no model version {name!r} (known: {known})")
-    if Path(version.path).is_absolute() and not (Path(version.path) / "config.json").exists():  # (a hub id: the
-        # starting model's weights, measured)
-        raise ValueError(f"model version {name!r} has no weights at {version.path}")
+    path = resolve_model_path(settings.data_dir, version.path)
+    if Path(path).is_absolute() and not (Path(path) / "config.json").exists():  # (a hub id: the starting
+        # model's weights, measured)
+        raise ValueError(f"model version {name!r} has no weights at {path}")
     store.models.set_status(name, "deployed")

@@ -25,3 +25,18 @@ def test_each_project_gets_its_version_and_the_least_recently_used_model_goes(se
     assert pool.model_for(2).version == "groundloop-p2-r1"  # three models wanted, two kept: project 1's goes
     assert pool.model_for(1) is not one
     assert pool.version_for(None) == model_version  # known without reloading the starting model
+
+
+def test_a_version_registered_on_one_machine_loads_on_another_mounting_the_data_dir_elsewhere(
+        settings, store, detector, small_model_dir, tmp_path):
+    import shutil
+
+    deploy_copy(settings, store, small_model_dir, 1, "groundloop-p1-r1")
+    assert store.models.get("groundloop-p1-r1").path == "models/groundloop-p1-r1"  # relative to the data dir
+
+    elsewhere = tmp_path / "mounted-elsewhere"
+    shutil.copytree(settings.models_dir, elsewhere / "models")
+    shutil.rmtree(settings.models_dir)  # only the other mount has the weights now
+    other = replace(settings, data_dir=elsewhere)
+    model = ModelPool(other, store, starting=detector).model_for(1)
+    assert model.version == "groundloop-p1-r1" and model.detector.source == str(elsewhere / "models/groundloop-p1-r1")

@@ -198,14 +198,14 @@ def test_the_thresholds_travel_with_the_version_through_deploy_and_rollback(sett
     assert labels <= {"red square"}, "abstained classes are not served"
     assert all(r["score"] > 0.02 for r in predicted.result)
 
-    rollback(store, PROJECT, V1)
+    rollback(store, settings, PROJECT, V1)
     model = pool.model_for(PROJECT)
     assert (model.version, model.calibration) == (V1, CAL_V1)
     job = project_job(settings, store, schema, PROJECT, calibration=model.calibration)
     assert job.thresholds_for("label") == {"red square": 0.6, "blue circle": 0.5, "green triangle": 0.0}
     assert job.params_key not in (v2_key, start_job.params_key)
 
-    rollback(store, PROJECT, V2)  # and forward again
+    rollback(store, settings, PROJECT, V2)  # and forward again
     assert pool.model_for(PROJECT).calibration == CAL_V2
 
     status = project_status(store, PROJECT)

@@ -83,8 +83,8 @@ def test_a_crash_mid_round_leaves_everything_consistent_and_a_later_round_succee
 
     # and rollback: back to the starting model is not a version; back to this one works, unknown ones don't
     with pytest.raises(ValueError, match="no model version"):
-        rollback(labeled_store, PROJECT, "groundloop-p7-r999")
-    rollback(labeled_store, PROJECT, later.model_version)
+        rollback(labeled_store, settings, PROJECT, "groundloop-p7-r999")
+    rollback(labeled_store, settings, PROJECT, later.model_version)
     assert labeled_store.models.deployed(PROJECT).name == later.model_version
 
 
