@@ -144,6 +144,13 @@ def _interchange_commands(commands) -> None:
     predict.add_argument("--out", type=Path, required=True, metavar="DIR")
     predict.add_argument("--url-prefix", help="task image URL = prefix + file name; default "
                                               "/data/local-files/?d=<IMAGES_DIR's name>/")
+    scale = predict.add_mutually_exclusive_group()
+    scale.add_argument("--shard", type=_shard, metavar="I/N",
+                       help="only shard I of N (0 <= I < N; split by a hash of each image's path), into --out's "
+                            "records and tasks.shard-I-of-N.json / coco.shard-I-of-N.json: one per machine/process")
+    scale.add_argument("--merge", action="store_true",
+                       help="predict nothing: write tasks.json and coco.json of the whole folder from the records "
+                            "the shards left in --out (same classes and settings); fails naming images without one")
     predict.set_defaults(run=_predict, loads_model=True)
 
 
@@ -194,16 +201,40 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _predict(settings: Settings, args: argparse.Namespace) -> int:
-    from active_learning.tools.prelabel import prelabel_folder
+    from active_learning.tools.prelabel import MissingPredictions, prelabel_folder
 
     if not args.images_dir.is_dir():
         print(f"groundloop predict: {args.images_dir} is not a folder", file=sys.stderr)
         return 1
-    report = prelabel_folder(settings, args.images_dir, args.classes, args.out, args.url_prefix)
+    try:
+        report = prelabel_folder(settings, args.images_dir, args.classes, args.out, args.url_prefix, args.shard,
+                                 args.merge)
+    except MissingPredictions as exc:
+        print(f"groundloop predict --merge: {exc}", file=sys.stderr)
+        return 1
+    if args.shard:
+        index, count = args.shard
+        print(f"shard {index}/{count}: {report.summary(args.out)}")
+        print(f"wrote {args.out / f'tasks.shard-{index}-of-{count}.json'}; once every shard of {count} has run, "
+              f"the same command with --merge instead of --shard writes {args.out / 'tasks.json'}")
+        return 0
     print(report.summary(args.out))
     print(f"Label Studio: create the project with {args.out / 'label_config.xml'}:\n"
           f"{(args.out / 'label_config.xml').read_text()}then import {args.out / 'tasks.json'}")
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N)."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.strip().isdecimal() and count.strip().isdecimal()):
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}")
+    index, count = int(index), int(count)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"N must be at least 1, got {text!r}")
+    if index >= count:
+        raise argparse.ArgumentTypeError(f"I must be below N (shards are numbered 0 to N-1), got {text!r}")
+    return index, count
 
 
 def _training_commands(commands) -> None:

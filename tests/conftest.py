@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 pytest.register_assert_rewrite("tests.support")  # their asserts (assert_prediction, ...) explain their failures
 
 from tests.support.labelstudio import LabelStudioServer, ls_venv, start_label_studio  # noqa: E402
+from tests.support.postgres import postgres_cluster, unavailable  # noqa: E402
 
 pytest_plugins = ["tests.support.backend_fixtures", "tests.support.training_fixtures"]
 
@@ -42,6 +43,17 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL cluster in a temp dir for the session; yields its base URL (no database name).
+    Tests that use it (directly or through ``database_url``'s postgres parameter) must be marked ``postgres``."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with postgres_cluster() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,13 @@ Writes into ``out/``:
   A cached prediction is reused while the image bytes, the model source, the classes and the detection settings
   are the same; a run with nothing new to predict does not even load the model, and rewrites nothing.
 
+Sharding, for several processes or machines sharing ``out/``: a run with ``shard=(i, n)`` handles only the images
+whose relative path hashes (sha256, mod ``n``) to ``i``, the same split everywhere, whatever the listing order, and
+writes its import file and COCO as ``tasks.shard-<i>-of-<n>.json`` / ``coco.shard-<i>-of-<n>.json`` (the per-image
+records and previews are per image, so shards never write the same file). ``merge=True`` then loads no model: it
+reads every image's record and writes ``tasks.json`` and ``coco.json`` exactly as an unsharded run does, or, when
+some image has no record for these settings yet, raises ``MissingPredictions`` and writes nothing.
+
 Task image URLs are ``url_prefix`` + file name; the default suits Label Studio's local files serving with
 ``LOCAL_FILES_DOCUMENT_ROOT`` set to the images folder's parent (as docker/docker-compose.yml does).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -53,20 +61,42 @@ class PrelabelReport:
         return "\n".join(lines)
 
 
+class MissingPredictions(Exception):
+    """A merge found images with no prediction record (for these classes and settings) yet."""
+
+    def __init__(self, names: list[str], total: int):
+        self.names = names
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(f"{len(names)} of {total} images have no prediction yet for these classes and settings: "
+                         f"{shown}; run the shards that hold them (--shard I/N), then merge again; nothing written")
+
+
+def shard_of(relative_path: str, count: int) -> int:
+    """The shard (0..count-1) of an image, from the sha256 of its path relative to the images folder (POSIX
+    separators): stable across machines, processes and Python versions, unlike ``hash()``."""
+    return int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") % count
+
+
 def default_url_prefix(images_dir: Path) -> str:
     return f"/data/local-files/?d={quote(Path(images_dir).resolve().name)}/"
 
 
 def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpec], out_dir: Path,
-                    url_prefix: str | None = None) -> PrelabelReport:
-    """Pre-label every image directly in ``images_dir`` (not in its subfolders) into ``out_dir``."""
+                    url_prefix: str | None = None, shard: tuple[int, int] | None = None,
+                    merge: bool = False) -> PrelabelReport:
+    """Pre-label every image directly in ``images_dir`` (not in its subfolders) into ``out_dir``; only the images
+    of ``shard`` = (index, count) when given; with ``merge``, predict nothing: write the outputs of the whole folder
+    from the records earlier (sharded) runs left, or raise ``MissingPredictions``."""
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     prefix = default_url_prefix(images_dir) if url_prefix is None else url_prefix
     job = folder_job(settings, classes)
     key = f"{settings.model}:{job.params_key}"
     files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    report, records, detector = PrelabelReport(), [], None
-    for path in progress(files, "pre-labeling", "image"):
+    if shard is not None:
+        files = [p for p in files if shard_of(p.relative_to(images_dir).as_posix(), shard[1]) == shard[0]]
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    report, records, detector, missing = PrelabelReport(), [], None, []
+    for path in progress(files, "merging" if merge else "pre-labeling", "image"):
         cache_file = out_dir / "predictions" / f"{path.name}.json"
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
@@ -76,6 +106,9 @@ def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpe
                 image = decode(str(path), data, settings.max_image_pixels)
             except ImageError as exc:
                 report.failed.append(f"{path.name}: {exc}")
+                continue
+            if merge:  # an undecodable image is skipped as an unsharded run skips it; any other is missing
+                missing.append(path.name)
                 continue
             detector = detector or Detector.load(settings.model, device=settings.device)
             try:
@@ -95,8 +128,10 @@ def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpe
     tasks = [{"data": {job.schema.image_key: prefix + quote(path.name)},
               "predictions": [{"model_version": r["model_version"], "score": r["score"], "result": r["result"]}]}
              for path, r in records]
-    if tasks != _read_json(out_dir / "tasks.json"):
-        _write_outputs(tasks, records, classes, out_dir)
+    if missing:
+        raise MissingPredictions(missing, len(files))
+    if tasks != _read_json(out_dir / f"tasks{suffix}.json"):
+        _write_outputs(tasks, records, classes, out_dir, suffix)
     return report
 
 
@@ -122,9 +157,10 @@ def _save_preview(image, detections: sv.Detections, path: Path) -> None:
 
 
 def _write_outputs(tasks: list[dict], records: list[tuple[Path, dict]], classes: list[ClassSpec],
-                   out_dir: Path) -> None:
-    _write_json(out_dir / "tasks.json", tasks)
-    (out_dir / "label_config.xml").write_text(label_config_for(classes) + "\n")
+                   out_dir: Path, suffix: str = "") -> None:
+    """``tasks<suffix>.json``, ``coco<suffix>.json`` and ``label_config.xml`` (the same for every shard)."""
+    _write_json(out_dir / f"tasks{suffix}.json", tasks)
+    _write_text(out_dir / "label_config.xml", label_config_for(classes) + "\n")
     names = [c.name for c in classes]
     annotations = {}
     for path, record in records:
@@ -132,12 +168,32 @@ def _write_outputs(tasks: list[dict], records: list[tuple[Path, dict]], classes:
         annotations[str(path)] = sv.Detections(xyxy=np.array([b["box"] for b in boxes], dtype=float).reshape(-1, 4),
                                                class_id=np.array([names.index(b["label"]) for b in boxes], dtype=int))
     dataset = sv.DetectionDataset(classes=names, images=list(annotations), annotations=annotations)
-    dataset.as_coco(annotations_path=str(out_dir / "coco.json"))
+    coco = out_dir / f"coco{suffix}.json"
+    tmp = _temporary(coco)
+    try:
+        dataset.as_coco(annotations_path=str(tmp))
+        tmp.replace(coco)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, value) -> None:
-    """Write to a temporary file, then rename: an interrupted run never leaves half a file."""
+    _write_text(path, json.dumps(value, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write to a temporary file, then rename: an interrupted run never leaves half a file, and shards writing
+    the same file at once (``label_config.xml``) never mix their bytes."""
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside ``path`` unique to this write (this process, this machine on a shared folder); the file is
+    created by its writer, so it gets the usual permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

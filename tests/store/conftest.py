@@ -9,18 +9,7 @@ from typing import Callable, Iterator
 import pytest
 
 from active_learning.store import Store
-from tests.support.postgres import create_database, postgres_cluster, unavailable
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A PostgreSQL cluster in a temp dir for the session; yields its base URL (no database name).
-    Tests that use it (directly or through ``database_url``'s postgres parameter) must be marked ``postgres``."""
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    with postgres_cluster() as url:
-        yield url
+from tests.support.postgres import create_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
