@@ -3,12 +3,12 @@
     groundloop serve [--port 9090 --box-threshold 0.3 ...]   the ML backend under gunicorn, and the training worker
     groundloop worker                                         the training worker alone
     groundloop status [--project 3] [--json]                  deployed versions, training runs, corrections
-    groundloop train --project 3                              run a training round now, in this process
+    groundloop train --project 3 [--processes N]              run a training round now (N: DDP processes)
     groundloop rollback --project 3 --to VERSION              serve an earlier model version again
     groundloop sync --project 3 [...]                         pull one Label Studio project into the store
     groundloop import --project 3 (--voc DIR | --csv FILE --images DIR) [--classes "a,b(alias|alias)"]
     groundloop export --project 3 --format coco|voc --out DIR
-    groundloop predict IMAGES_DIR --classes "a,b(alias|alias)" --out DIR [--url-prefix P --model ...]
+    groundloop predict IMAGES_DIR --classes "a,b(alias|alias)" --out DIR [--shard I/N | --merge] [--model ...]
     groundloop demo [--rounds 3 --images-per-round 40 --out DIR]   the whole loop offline, simulated annotator
     groundloop copy-models --to DIR                           every model the configuration names, into DIR
 
@@ -247,6 +247,9 @@ def _training_commands(commands) -> None:
     status.set_defaults(run=_status)
     train = commands.add_parser("train", help="queue a training round for a project and run it now, here")
     train.add_argument("--project", type=int, required=True)
+    train.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="fine-tune on N processes (DDP through accelerate launch: one per GPU, or N CPU "
+                            "processes with gloo); default 1, in this process")
     train.set_defaults(run=_train, loads_model=True)
     rollback = commands.add_parser("rollback", help="deploy an earlier model version of a project again")
     rollback.add_argument("--project", type=int, required=True)
@@ -302,6 +305,9 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from active_learning.store import Store
     from active_learning.training.worker import Worker
 
+    if args.processes < 1:
+        print(f"groundloop train: --processes {args.processes}: at least 1", file=sys.stderr)
+        return 2
     store = Store.from_settings(settings)
     run_id = store.runs.request(args.project, "cli")
     print(f"run {run_id}: training project {args.project} ...", flush=True)
@@ -310,7 +316,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  epoch {epoch.epoch}/{settings.epochs}: loss {epoch.train_loss:.4f}, val mAP {epoch.metrics.map:.4f}"
               f" ({epoch.seconds:.0f} s)", flush=True)
 
-    outcome = Worker(settings, store).run_once(project_id=args.project, after_epoch=progress)
+    outcome = Worker(settings, store).run_once(project_id=args.project, after_epoch=progress,
+                                               processes=args.processes)
     if outcome is None:
         print(f"groundloop train: project {args.project} already has a round running elsewhere; "
               "follow it with groundloop status", file=sys.stderr)

@@ -5,6 +5,11 @@ Pieces, in the spirit of torchvision's detection references: ``TrainingExample``
 count of image i alone, which is only right when every image of a batch shares one prompt), ``augment``
 (box-safe flip and scale jitter), ``train_one_epoch`` and ``fit`` (epochs, per-epoch evaluation, best and last
 checkpoint, early stopping). Device placement and mixed precision come from accelerate.
+
+On N processes (``active_learning.training.distributed`` launches them) the same ``fit`` runs in each: every
+process trains on its share of the batches (``_share_of``), DDP all-reduces the gradients, and the main process
+alone evaluates, writes checkpoints and reports each epoch; it tells the others when to stop early
+(``_main_says_stop``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,7 +29,7 @@ import numpy as np
 import supervision as sv
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, broadcast_object_list, set_seed
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -34,6 +40,15 @@ from model.evaluation import DetectionMetrics, evaluate_detections
 from model.prompts import ClassSpec, Prompt, build_prompts
 
 log = logging.getLogger(__name__)
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+"""How long a process waits for the others at a collective (the gradient all-reduce, the early-stop broadcast):
+longer than the main process's evaluation of an epoch, short enough that a process stuck for good ends the round.
+A process that crashes ends it at once (the launcher stops the others)."""
+DISTRIBUTED_OPTIONS = [InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT),
+                       DistributedDataParallelKwargs(find_unused_parameters=True)]
+"""Only used on N processes. Unused parameters: Grounding DINO's loss leaves some trainable weights without a
+gradient (ten on the small model), and DDP fails at the second step unless told to expect that."""
 
 
 @dataclass
@@ -195,6 +210,29 @@ def evaluate(detector: Detector, examples: Sequence[TrainingExample], classes: S
                                [e.image.size for e in examples], [c.name for c in classes])
 
 
+def _share_of(batches: list[Batch], accelerator: Accelerator) -> list[Batch]:
+    """This process's batches of the epoch: every process gets as many (the first ones repeat to fill the last
+    round), since each DDP step waits for all processes' gradients. One process: all of them."""
+    count = accelerator.num_processes
+    if count == 1 or not batches:
+        return batches
+    padded = [batches[i % len(batches)] for i in range(count * math.ceil(len(batches) / count))]
+    return padded[accelerator.process_index::count]
+
+
+def _main_says_stop(accelerator: Accelerator, stop: bool) -> bool:
+    """The main process's early-stopping decision, on every process (it alone evaluates)."""
+    if accelerator.num_processes == 1:
+        return stop
+    return bool(broadcast_object_list([stop], from_process=0)[0])
+
+
+def _mean_over_processes(accelerator: Accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean").item()
+
+
 def _save_atomically(model, processor, target: Path) -> Path:
     """Write to a sibling temp dir, then rename over ``target``: a crash never leaves a half checkpoint there."""
     staging = target.with_name(f".{target.name}.tmp")
@@ -218,21 +256,29 @@ def fit(detector: Detector, train: Sequence[TrainingExample], validation: Sequen
         on_epoch_end: Callable[[EpochResult], None] | None = None) -> FitResult:
     """Fine-tune ``detector``'s model in place; write ``best/`` (highest validation mAP) and ``last/``.
 
-    Early stopping ends training after ``config.patience`` epochs without a better mAP.
+    Early stopping ends training after ``config.patience`` epochs without a better mAP. Run by each of N
+    processes, only the main one evaluates, saves and calls ``on_epoch_end`` (the others may pass no
+    ``validation``); the others return an empty ``FitResult``.
     """
     set_seed(config.seed)
-    rng = random.Random(config.seed)
     cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    precision = "no" if cpu else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=DISTRIBUTED_OPTIONS)
+    main = accelerator.is_main_process
+    rng = random.Random(config.seed)  # the batches' order: the same on every process, each takes its share
+    augment_rng = rng if accelerator.num_processes == 1 else random.Random(config.seed + 1 + accelerator.process_index)
     model, processor = detector.model, detector.processor
     trainable = freeze(model, backbone=config.freeze_backbone, text_encoder=config.freeze_text_encoder)
     log.info("fine-tuning %d trainable weights on %d images (%d for validation), device %s, lr %.2g (%s after "
-             "%.0f %% warm-up)", trainable, len(train), len(validation), accelerator.device, config.learning_rate,
-             config.lr_schedule, 100 * config.warmup_fraction)
+             "%.0f %% warm-up), process %d of %d", trainable, len(train), len(validation), accelerator.device,
+             config.learning_rate, config.lr_schedule, 100 * config.warmup_fraction, accelerator.process_index,
+             accelerator.num_processes)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
     prompts = build_prompts(classes, processor.tokenizer, model.config.max_text_len)
-    planned_steps = config.epochs * sum(math.ceil(len(train) / config.batch_size) for _ in prompts)
+    epoch_batches = sum(math.ceil(len(train) / config.batch_size) for _ in prompts)
+    # Counted over all processes: accelerate steps the scheduler once per process at each step.
+    planned_steps = config.epochs * accelerator.num_processes * math.ceil(epoch_batches / accelerator.num_processes)
     scheduler = get_scheduler("constant_with_warmup" if config.lr_schedule == "constant" else config.lr_schedule,
                               optimizer, num_warmup_steps=round(config.warmup_fraction * planned_steps),
                               num_training_steps=planned_steps)
@@ -245,9 +291,17 @@ def fit(detector: Detector, train: Sequence[TrainingExample], validation: Sequen
     since_best = 0
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
-        batches = make_batches(train, prompts, config.batch_size, rng)
-        loss = train_one_epoch(model, processor, batches, optimizer, scheduler, accelerator, base_size, config, rng,
-                               epoch)
+        batches = _share_of(make_batches(train, prompts, config.batch_size, rng), accelerator)
+        loss = train_one_epoch(model, processor, batches, optimizer, scheduler, accelerator, base_size, config,
+                               augment_rng, epoch)
+        if accelerator.num_processes > 1:
+            log.info("process %d of %d: epoch %d trained on %d batches, loss %.4f", accelerator.process_index,
+                     accelerator.num_processes, epoch, len(batches), loss)
+            loss = _mean_over_processes(accelerator, loss)
+        if not main:
+            if _main_says_stop(accelerator, False):
+                break
+            continue
         model.eval()
         metrics = evaluate(detector, validation, classes, eval_settings)
         epoch_result = EpochResult(epoch, loss, metrics, time.monotonic() - started, scheduler.get_last_lr()[0])
@@ -263,9 +317,10 @@ def fit(detector: Detector, train: Sequence[TrainingExample], validation: Sequen
             since_best += 1
         if on_epoch_end:
             on_epoch_end(epoch_result)
-        if since_best >= config.patience:
+        if _main_says_stop(accelerator, since_best >= config.patience):
             log.info("early stop: %d epochs without a better validation mAP", since_best)
             break
-    result.last_dir = _save_atomically(accelerator.unwrap_model(model), processor, output_dir / "last")
+    if main:
+        result.last_dir = _save_atomically(accelerator.unwrap_model(model), processor, output_dir / "last")
     return result
 

@@ -25,6 +25,7 @@ from active_learning.serving.pool import LoadedModel, serving_model
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.training.dataset import Dataset, build_dataset
+from active_learning.training.distributed import fit_on_processes, write_manifest
 from active_learning.training.promotion import ap_drops, decide, percent
 from active_learning.training.registry import checkpoint_name, register
 from active_learning.training.round_report import RoundReport, write_report
@@ -68,11 +69,12 @@ class _LeaseKeeper:
 
 def run_round(settings: Settings, store: Store, run_id: int, owner: str,
               prepare: Callable[[int], None] | None = None,
-              after_epoch: Callable[[EpochResult], None] | None = None) -> RoundOutcome:
+              after_epoch: Callable[[EpochResult], None] | None = None, processes: int = 1) -> RoundOutcome:
     """Train the claimed run ``run_id`` to its end; never raises for a failure of the round itself.
 
     ``prepare(project_id)`` runs first (reconciliation with Label Studio); ``after_epoch`` is a hook for
-    progress (and for tests that inject faults).
+    progress (and for tests that inject faults). ``processes`` > 1 fine-tunes on that many DDP processes
+    (``distributed``); everything else of the round stays in this process.
     """
     run = store.runs.get(run_id)
     project_id = run.project_id
@@ -92,7 +94,7 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
                 _check_enough(dataset, project_id)
                 store.runs.update(run_id, train_size=len(dataset.train), val_size=len(dataset.validation))
                 outcome = _train_and_decide(settings, store, run_id, project_id, dataset, staging, after_epoch,
-                                            started)
+                                            started, processes)
     except Exception as error:  # noqa: BLE001 - a round's failure is recorded, the worker goes on
         log.exception("run %d (project %d) failed", run_id, project_id)
         message = f"{type(error).__name__}: {error}"
@@ -142,7 +144,7 @@ def _check_enough(dataset: Dataset, project_id: int) -> None:
 
 
 def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id: int, dataset: Dataset,
-                      staging: Path, after_epoch, started: float) -> RoundOutcome:
+                      staging: Path, after_epoch, started: float, processes: int = 1) -> RoundOutcome:
     serving = serving_model(store, settings, project_id)
     deployed = LoadedModel.load(serving, settings.device)
     deployed_version = deployed.version
@@ -151,8 +153,6 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     log.info("run %d: deployed %s scores val mAP %.4f, time saved %s on %d images", run_id, deployed_version,
              baseline.map, percent(baseline_saved), len(dataset.validation))
     del deployed
-
-    candidate = Detector.load(serving.source, device=settings.device)
 
     def on_epoch_end(epoch: EpochResult) -> None:
         store.runs.update(run_id, epoch={
@@ -163,8 +163,15 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
             after_epoch(epoch)
 
     refining = serving.source != settings.model  # the deployed weights were fine-tuned here already
-    result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging,
-                 settings.training_config(refining), settings.evaluation_settings(), on_epoch_end=on_epoch_end)
+    config = settings.training_config(refining)
+    if processes == 1:
+        candidate = Detector.load(serving.source, device=settings.device)
+        result = fit(candidate, dataset.train, dataset.validation, dataset.classes, staging, config,
+                     settings.evaluation_settings(), on_epoch_end=on_epoch_end)
+    else:
+        candidate = None  # trained in the other processes: the best checkpoint is loaded from disk
+        manifest = _write_manifest(settings, store, project_id, dataset, staging, serving.source, config)
+        result = fit_on_processes(manifest, processes, on_epoch_end)
     best = result.epochs[result.best_epoch - 1].metrics
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
     calibration = _calibrate(settings, candidate, result, dataset)
@@ -199,13 +206,25 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     return RoundOutcome(run_id, status, name, report)
 
 
-def _calibrate(settings: Settings, candidate: Detector, result: FitResult, dataset: Dataset) -> Calibration:
+def _write_manifest(settings: Settings, store: Store, project_id: int, dataset: Dataset, staging: Path,
+                    source: str, config) -> Path:
+    """The round's data for the training processes: the cached image files of the dataset's tasks."""
+    cache = ImageCache(settings)
+    files = {t.task_id: cache.path_for(t.image_sha256) for t in store.tasks.labeled(project_id) if t.image_sha256}
+    return write_manifest(staging, dataset.classes, dataset.train, [files[t] for t in dataset.train_task_ids],
+                          dataset.validation, [files[t] for t in dataset.validation_task_ids], model=source,
+                          device=settings.device, config=config, eval_settings=settings.evaluation_settings(),
+                          max_image_pixels=settings.max_image_pixels, log_level=settings.log_level)
+
+
+def _calibrate(settings: Settings, candidate: Detector | None, result: FitResult, dataset: Dataset) -> Calibration:
     """The served thresholds of the BEST checkpoint (what is registered), on the validation split.
 
-    ``fit`` leaves the candidate in memory at its last epoch: when that is not the best one, the best checkpoint
-    is loaded from ``best_dir``. Detection is as served, down to the evaluation threshold.
+    ``fit`` leaves the candidate in memory at its last epoch: when that is not the best one (or the candidate
+    trained in other processes: None), the best checkpoint is loaded from ``best_dir``. Detection is as served,
+    down to the evaluation threshold.
     """
-    detector = candidate if result.best_epoch == len(result.epochs) else \
+    detector = candidate if candidate is not None and result.best_epoch == len(result.epochs) else \
         Detector.load(result.best_dir, device=settings.device)
     detector.model.eval()
     return _tune(settings, detector, dataset)

@@ -92,9 +92,10 @@ class Worker:
             log.exception("project %d: could not hand the new version's predictions to Label Studio", project_id)
 
     def run_once(self, project_id: int | None = None,
-                 after_epoch: Callable[[EpochResult], None] | None = None) -> RoundOutcome | None:
+                 after_epoch: Callable[[EpochResult], None] | None = None,
+                 processes: int = 1) -> RoundOutcome | None:
         """Schedule, then claim and run at most one round (publishing a promoted version); None when there is
-        nothing to do. ``after_epoch`` reports progress."""
+        nothing to do. ``after_epoch`` reports progress; ``processes`` > 1 fine-tunes on that many processes."""
         self.schedule_due_rounds()
         run = self.store.runs.claim(self.owner, self.settings.lease_seconds, project_id=project_id)
         if run is None:
@@ -102,7 +103,7 @@ class Worker:
         self.remove_stale_staging()
         log.info("run %d: training project %d (trigger: %s)", run.id, run.project_id, run.trigger)
         outcome = run_round(self.settings, self.store, run.id, self.owner, prepare=self.reconcile,
-                            after_epoch=after_epoch)
+                            after_epoch=after_epoch, processes=processes)
         if outcome.status == "succeeded":
             self.publish(run.project_id)
         return outcome
