@@ -6,7 +6,6 @@ This is the "SAM" half of Grounded SAM. Any box-promptable SAM-family model that
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image
 from transformers import AutoModelForMaskGeneration, AutoProcessor
 
 from model.detector import weights_digest
+from model.devices import inference_autocast, resolve_device
 
 # The mask decoder is cheap next to the image encoder, but its activations grow with the number of prompts:
 # boxes go through it this many at a time.
@@ -43,9 +43,7 @@ class Segmenter:
     @classmethod
     def load(cls, source: str | Path, device: str = "auto") -> "Segmenter":
         """Load a hub id or a ``save_pretrained`` directory. ``device="auto"``: CUDA when present, else CPU."""
-        source = str(source)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source, device = str(source), resolve_device(device)
         model = AutoModelForMaskGeneration.from_pretrained(source)
         processor = AutoProcessor.from_pretrained(source)
         version_digest = weights_digest(model)
@@ -103,7 +101,7 @@ class Segmenter:
         """The forward's image-embedding arguments, from one vision-encoder pass. The one place where the model
         kinds differ: SAM gives a tensor, SAM 2 and EdgeTAM a list of feature maps (both go in
         ``image_embeddings``), SAM-HQ a pair whose second half goes in ``intermediate_embeddings``."""
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), inference_autocast(self.device):
             embeddings = self.model.get_image_embeddings(pixel_values.to(self.device))
         if self._takes_intermediate:
             embeddings, intermediate = embeddings
@@ -113,7 +111,7 @@ class Segmenter:
     def _decode(self, embedding: dict, **prompts: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits ``(prompts, 1, h, w)``, float32 on CPU, for one image's prompt batch."""
         prompts = {name: tensor.to(self.device) for name, tensor in prompts.items()}
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), inference_autocast(self.device):
             outputs = self.model(**embedding, **prompts, multimask_output=False)
         return outputs.pred_masks[0].float().cpu()
 
@@ -152,12 +150,6 @@ class Segmenter:
             (chunk,) = self.processor.post_process_masks([low_res[start:start + step]], **sizes)
             masks[start:start + step] = chunk[:, 0].numpy()
         return masks
-
-    def _autocast(self):
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
 
 
 def _rgb(image: Image.Image) -> Image.Image:
