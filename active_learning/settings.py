@@ -51,6 +51,11 @@ class Settings:
     max_detections: int = DetectionSettings.max_detections
     image_size: int = DetectionSettings.image_size
     """Shortest edge the image is resized to before the model; 0 keeps the processor's default (800)."""
+    slice_size: int = DetectionSettings.slice_size
+    """Sliced inference for small objects in large images: the model also looks at overlapping tiles of this many
+    pixels of the original image (besides the whole image); 0: off. A control's ``slice_size`` attribute wins."""
+    slice_overlap: float = DetectionSettings.slice_overlap
+    """Share of a tile's side that neighbouring tiles overlap, in [0, 1)."""
     loaded_models: int = 3
     """Model versions a server process keeps in memory (serving different projects); least recently used go."""
 
@@ -144,12 +149,15 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 
-    def detection_settings(self, box_threshold: float | None = None) -> DetectionSettings:
-        """What the detector is asked for when serving; ``box_threshold`` overrides ours (a control's own)."""
+    def detection_settings(self, box_threshold: float | None = None,
+                           slice_size: int | None = None) -> DetectionSettings:
+        """What the detector is asked for when serving; ``box_threshold`` and ``slice_size`` override ours (a
+        control's own)."""
         return DetectionSettings(
             box_threshold=self.box_threshold if box_threshold is None else box_threshold,
             text_threshold=self.text_threshold, nms_iou=self.nms_iou, max_detections=self.max_detections,
-            image_size=self.image_size,
+            image_size=self.image_size, slice_size=self.slice_size if slice_size is None else slice_size,
+            slice_overlap=self.slice_overlap,
         )
 
     def evaluation_settings(self) -> DetectionSettings:

@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+MIN_SLICE_SIZE = 64
+"""Smallest tile: the tile count grows with the inverse square of its side, so tiny tiles would hold the detector
+for minutes per image."""
+
+
 @dataclass(frozen=True)
 class DetectionSettings:
     box_threshold: float = 0.35
@@ -20,6 +25,18 @@ class DetectionSettings:
     """At most this many boxes per image, the most confident."""
     image_size: int = 0
     """Shortest edge the model sees; 0 keeps the processor's default (800 for the released models)."""
+    slice_size: int = 0
+    """Sliced inference (see ``model.slicing``): besides the whole image, the model also looks at overlapping
+    square tiles of this many pixels of the ORIGINAL image, for small objects in large images; 0: off. An image
+    no larger than a tile is not sliced."""
+    slice_overlap: float = 0.2
+    """Share of a tile's side that neighbouring tiles overlap, in [0, 1)."""
+
+    def __post_init__(self):
+        if self.slice_size < 0 or (self.slice_size and self.slice_size < MIN_SLICE_SIZE):
+            raise ValueError(f"slice_size {self.slice_size}: 0 (off) or at least {MIN_SLICE_SIZE} pixels")
+        if not 0.0 <= self.slice_overlap < 1.0:
+            raise ValueError(f"slice_overlap {self.slice_overlap} is outside [0, 1)")
 
 
 EVAL_SETTINGS = DetectionSettings(box_threshold=0.01, text_threshold=0.0, max_detections=100)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 from pathlib import Path
@@ -17,8 +16,10 @@ from transformers.image_transforms import center_to_corners_format, get_size_wit
 
 from model.assignment import QueryClasses, assign_classes, phrase_token_masks
 from model.config import DetectionSettings
+from model.devices import inference_autocast, resolve_device
 from model.postprocess import select_detections
 from model.prompts import ClassSpec, Prompt, build_prompts
+from model.slicing import View, image_views, split_batches
 from model.uncertainty import threshold_margin
 
 # The released processors resize to shortest edge 800, longest 1333; a custom size keeps that ratio.
@@ -41,9 +42,7 @@ class Detector:
     @classmethod
     def load(cls, source: str | Path, device: str = "auto") -> "Detector":
         """Load a hub id or a ``save_pretrained`` directory. ``device="auto"``: CUDA when present, else CPU."""
-        source = str(source)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source, device = str(source), resolve_device(device)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(source)
         # The PIL image processor gives the same pixels whether or not torchvision is installed.
         processor = AutoProcessor.from_pretrained(source, backend="pil")
@@ -60,7 +59,8 @@ class Detector:
         """One ``sv.Detections`` per image, in order.
 
         Images resized to the same shape go through the model as one batch, once per prompt (see
-        ``build_prompts``); the boxes of all prompts are merged before NMS.
+        ``build_prompts``); the boxes of all prompts are merged before NMS. With ``settings.slice_size``, an
+        image's tiles are seen too and their boxes merged with its own (``model.slicing``).
 
         ``class_id`` indexes ``classes``; ``data["class_name"]`` holds the class names (never an alias);
         ``metadata["uncertainty"]`` is the image's score from ``uncertainty.threshold_margin``.
@@ -68,9 +68,12 @@ class Detector:
         if not classes:
             return [_no_detections() for _ in images]
         class_names = [spec.name for spec in classes]
-        image_groups = self._pixel_batches(images, settings.image_size)
+        views = image_views(images, settings)
+        view_groups = self._pixel_batches([view.image for view in views], settings.image_size)
+        if settings.slice_size:
+            view_groups = split_batches(view_groups)
 
-        # Per image, one entry per prompt: candidate boxes (normalised cx, cy, w, h) and their classes.
+        # Per image, one entry per prompt and view: candidate boxes (pixels, xyxy in the image) and their classes.
         boxes_per_image: list[list[torch.Tensor]] = [[] for _ in images]
         queries_per_image: list[list[QueryClasses]] = [[] for _ in images]
         with self._lock:
@@ -78,27 +81,26 @@ class Detector:
             for prompt in prompts:
                 phrase_masks = phrase_token_masks(prompt.input_ids, self.model.config.max_text_len)
                 phrase_classes = torch.tensor(prompt.phrase_classes)
-                for indices, pixel_values in image_groups:
+                for indices, pixel_values in view_groups:
                     token_probs, pred_boxes = self._forward(pixel_values, prompt)
                     queries = assign_classes(token_probs, phrase_masks, phrase_classes, settings.text_threshold)
-                    for row, image_index in enumerate(indices):
-                        boxes_per_image[image_index].append(pred_boxes[row])
-                        queries_per_image[image_index].append(QueryClasses(*(field[row] for field in queries)))
+                    for row, view_index in enumerate(indices):
+                        view = views[view_index]
+                        boxes_per_image[view.image_index].append(_in_image(pred_boxes[row], view))
+                        queries_per_image[view.image_index].append(QueryClasses(*(field[row] for field in queries)))
         if not prompts:  # every class name was empty once cleaned
             return [_no_detections() for _ in images]
 
         results = []
         for image, boxes, queries in zip(images, boxes_per_image, queries_per_image):
-            width, height = image.size
-            xyxy = center_to_corners_format(torch.cat(boxes)) * torch.tensor([width, height, width, height])
             queries = QueryClasses(*(torch.cat(field) for field in zip(*queries)))
             detections = select_detections(
-                xyxy.numpy(),
+                torch.cat(boxes).numpy(),
                 queries.confidence.numpy(),
                 queries.class_id.numpy(),
                 queries.passes_text_threshold.numpy(),
                 class_names,
-                (width, height),
+                image.size,
                 settings,
             )
             detections.metadata["uncertainty"] = float(threshold_margin(queries.confidence, settings.box_threshold))
@@ -150,7 +152,7 @@ class Detector:
     def _forward(self, pixel_values: torch.Tensor, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
         """Token probabilities ``(batch, queries, max_text_len)`` and boxes ``(batch, queries, 4)``, on CPU."""
         input_ids = torch.tensor([prompt.input_ids] * len(pixel_values), device=self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), inference_autocast(self.device):
             outputs = self.model(
                 pixel_values=pixel_values.to(self.device),
                 input_ids=input_ids,
@@ -158,12 +160,6 @@ class Detector:
                 token_type_ids=torch.zeros_like(input_ids),
             )
         return outputs.logits.float().sigmoid().cpu(), outputs.pred_boxes.float().cpu()
-
-    def _autocast(self):
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
 
 
 def model_input_size(height: int, width: int, image_size: int, default_size) -> tuple[int, int]:
@@ -184,6 +180,16 @@ def weights_digest(model: torch.nn.Module) -> str:
         sha.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         sha.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return sha.hexdigest()[:12]
+
+
+def _in_image(boxes: torch.Tensor, view: View) -> torch.Tensor:
+    """A view's boxes (normalised cx, cy, w, h) as pixels xyxy in its image; a tile's are clipped to the tile."""
+    width, height = view.image.size
+    xyxy = center_to_corners_format(boxes) * torch.tensor([width, height, width, height])
+    if view.is_tile:
+        xyxy = torch.minimum(xyxy.clamp(min=0), torch.tensor([width, height, width, height]))
+        xyxy = xyxy + torch.tensor([*view.offset, *view.offset])
+    return xyxy
 
 
 def _no_detections() -> sv.Detections:

@@ -12,7 +12,8 @@ exported alike.
 
 Conventions of the official ML backends: ``<Label value="car" predicted_values="automobile,truck"/>`` lets the
 model look for other phrases and still answer "car"; ``model_score_threshold="0.5"`` on the control tag sets the
-box threshold for that control.
+box threshold for that control. groundloop's own: ``slice_size="640"`` on the control tag turns on sliced inference
+(tiles of 640 px, for small objects in large images; ``DetectionSettings.slice_size``) for the project.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from xml.sax.saxutils import quoteattr
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from model.config import MIN_SLICE_SIZE
 from model.prompts import ClassSpec
 
 
@@ -55,6 +57,8 @@ class LabelsControl:
     """``model_score_threshold`` on the control tag, if set."""
     kind: str = BOXES
     """``BOXES``, ``BRUSH`` or ``POLYGON``: the type of the regions it gets."""
+    slice_size: int | None = None
+    """``slice_size`` on the control tag, if set: sliced inference with tiles of this many pixels (0: off)."""
 
     @property
     def draws_masks(self) -> bool:
@@ -221,7 +225,8 @@ def _labels_control(control, kind: str) -> LabelsControl:
         classes.append(ClassSpec(name=name, aliases=aliases))
     if not classes:
         raise LabelConfigError(f'<{control.tag} name="{control.name}"> has no <Label value="...">')
-    return LabelsControl(name=control.name, classes=tuple(classes), score_threshold=_threshold(control), kind=kind)
+    return LabelsControl(name=control.name, classes=tuple(classes), score_threshold=_threshold(control), kind=kind,
+                         slice_size=_slice_size(control))
 
 
 def _smart(control) -> bool:
@@ -251,6 +256,19 @@ def _threshold(control) -> float | None:
         raise LabelConfigError(f'model_score_threshold="{raw}" on "{control.name}" is not a number') from None
     if not 0.0 <= value <= 1.0:
         raise LabelConfigError(f'model_score_threshold="{raw}" on "{control.name}" is outside 0..1')
+    return value
+
+
+def _slice_size(control) -> int | None:
+    raw = control.attr.get("slice_size")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise LabelConfigError(f'slice_size="{raw}" on "{control.name}" is not a whole number of pixels') from None
+    if value < 0 or 0 < value < MIN_SLICE_SIZE:
+        raise LabelConfigError(f'slice_size="{raw}" on "{control.name}": 0 (off) or at least {MIN_SLICE_SIZE} pixels')
     return value
 
 

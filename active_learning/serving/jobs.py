@@ -83,7 +83,7 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
         abstained = frozenset(names)
     calibrated_controls = any(c.score_threshold is None for c in schema.controls)
     lowest = min([*thresholds.values(), *(class_thresholds.values() if calibrated_controls else ())])
-    detection = settings.detection_settings(box_threshold=lowest)
+    detection = settings.detection_settings(box_threshold=lowest, slice_size=_slice_size(schema))
     if calibration is not None and calibration.nms_iou is not None:
         detection = dataclasses.replace(detection, nms_iou=calibration.nms_iou)
     key_source = {
@@ -91,7 +91,7 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
         "controls": sorted(thresholds.items()),
         "labels": [[c.name, [s.name for s in c.classes]] for c in schema.controls],
         "classes": [[c.name, list(c.aliases)] for c in classes],
-        "detection": dataclasses.asdict(detection),
+        "detection": _detection_key(detection),
     }
     if class_thresholds or abstained:  # absent without calibration: the keys of uncalibrated jobs stay as they were
         key_source["calibration"] = {"thresholds": sorted(class_thresholds.items()), "abstained": sorted(abstained)}
@@ -103,6 +103,26 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
                calibration, segmenter)
+
+
+def _detection_key(detection: DetectionSettings) -> dict:
+    """The settings as the cache key sees them: slicing's fields only when it is on (off, they change nothing, and
+    the keys of unsliced jobs stay as they were before slicing existed)."""
+    fields = dataclasses.asdict(detection)
+    if not detection.slice_size:
+        del fields["slice_size"], fields["slice_overlap"]
+    return fields
+
+
+def _slice_size(schema: ProjectSchema) -> int | None:
+    """The tile size the config asks for (None: not set, the settings' applies). One detect pass serves every
+    control, so when controls disagree the smallest non-zero size wins: the finest tiling any control asked for
+    (its small objects need it; the others lose nothing, the whole image is still seen). 0 only when every control
+    that sets the attribute sets 0."""
+    sizes = [c.slice_size for c in schema.controls if c.slice_size is not None]
+    if not sizes:
+        return None
+    return min((size for size in sizes if size), default=0)
 
 
 def recalibrated(settings: Settings, job: Job, calibration: Calibration | None) -> Job:
