@@ -110,11 +110,6 @@ class ProjectSchema:
         raise LabelConfigError(f'the label config has no labels control name="{name}" (it has: {known})')
 
     @property
-    def needs_masks(self) -> bool:
-        """Whether serving this project needs the segmenter (a brush or polygon control, or a smart tool)."""
-        return any(c.draws_masks for c in self.controls) or bool(self.smart_tools)
-
-    @property
     def mask_controls(self) -> list[LabelsControl]:
         return [c for c in self.controls if c.draws_masks]
 
@@ -130,8 +125,18 @@ class ProjectSchema:
         return [ClassSpec(name, aliases) for name, aliases in merged.items()]
 
     def controls_with(self, label: str) -> list[LabelsControl]:
-        """The controls that offer ``label``: a detection of it becomes a region of each."""
+        """The controls that offer ``label``."""
         return [c for c in self.controls if any(spec.name == label for spec in c.classes)]
+
+    def controls_for(self, label: str) -> list[LabelsControl]:
+        """The controls a detection of ``label`` becomes a region of: those offering it, else the first (a phrase
+        typed in an interactive prompt that no control offers)."""
+        return self.controls_with(label) or [self.control()]
+
+    def label_boxes(self, boxes: list[dict]) -> list[dict]:
+        """The stored boxes that are labels: those of smart tools are prompts the annotator gave the segmenter."""
+        prompts = {tool.name for tool in self.smart_tools}
+        return [box for box in boxes if box.get("from_name") not in prompts]
 
     @property
     def categories(self) -> list[Category]:

@@ -118,7 +118,7 @@ def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema"
         x1, x2 = (min(max(v, 0.0), width) for v in (x1, x2))
         y1, y2 = (min(max(v, 0.0), height) for v in (y1, y2))
         label = str(detections.data["class_name"][i])
-        targets = [schema.control(control)] if control else schema.controls_with(label) or [schema.control()]
+        targets = [schema.control(control)] if control else schema.controls_for(label)
         shapes: dict[str, dict[str, Any] | None] = {}  # one encoding per kind for this detection
         for target in targets:
             bar = threshold(target, label) if threshold else -1.0

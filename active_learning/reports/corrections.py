@@ -208,7 +208,6 @@ def correction_stats(store: "Store", project_id: int,
     annotation that started from each); with ``costs``, each summary also estimates the annotators' effort."""
     project = store.projects.get(project_id)
     schema = store.projects.schema(project_id)
-    prompts = {tool.name for tool in schema.smart_tools} if schema else set()
     summaries: dict[str, CorrectionSummary] = {}
     for annotation in store.annotations.of_project(project_id):
         if annotation.was_cancelled:
@@ -225,8 +224,8 @@ def correction_stats(store: "Store", project_id: int,
             continue  # a prediction we cannot place in pixels says nothing about corrections
         summary = summaries.setdefault(version, CorrectionSummary(version, costs=costs))
         changes = BoxChanges()
-        final = [b for b in annotation.boxes if b.get("from_name") not in prompts]
-        predicted = [b for b in predicted if b.get("from_name") not in prompts]
+        final = schema.label_boxes(annotation.boxes) if schema else annotation.boxes  # smart tools' are prompts
+        predicted = schema.label_boxes(predicted) if schema else predicted
         for control, counted in compare_by_control(predicted, final).items():
             changes += counted
             summary.by_control.setdefault(control, BoxChanges())

@@ -91,7 +91,7 @@ def answer_smart_prompt(segmenter: "Segmenter", image: "Image.Image", prompt: Sm
     mask = segmenter.segment_points(image, prompt.points, prompt.point_labels, prompt.box)
     if not mask.any():
         return []
-    kind = [c for c in schema.controls if c.draws_masks] or list(schema.controls)
+    kind = schema.mask_controls or list(schema.controls)
     label = prompt.label or kind[0].classes[0].name
     offering = [c for c in kind if any(spec.name == label for spec in c.classes)]
     found = sv.Detections(xyxy=sv.mask_to_xyxy(mask[None]).astype(float), mask=mask[None],

@@ -75,10 +75,7 @@ def add_masks(segmenter: "Segmenter", image: "Image.Image", found: "sv.Detection
 
 
 def _served_as_mask(job: Job, label: str, score: float | None) -> bool:
-    targets = [c for c in job.schema.controls_with(label) if c.draws_masks]
-    if not job.schema.controls_with(label):  # a typed phrase no control offers goes to the first control
-        targets = [c for c in job.schema.controls[:1] if c.draws_masks]
-    for control in targets:
+    for control in (c for c in job.schema.controls_for(label) if c.draws_masks):
         bar = job.threshold(control, label)
         if bar is not None and (score is None or score > bar):
             return True

@@ -54,7 +54,6 @@ def export_project(store: Store, cache: ImageCache, project_id: int, out_dir: Pa
         raise InterchangeError(f"project {project_id} has no <RectangleLabels>, <BrushLabels> or <PolygonLabels> in "
                                "the store: run `groundloop sync --project N` first")
     categories = schema.categories
-    prompts = {tool.name for tool in schema.smart_tools}
     index = {(c.control, c.label): i for i, c in enumerate(categories)}
     out_dir, report = Path(out_dir), ExportReport()
     images_dir = out_dir / "images"
@@ -67,9 +66,7 @@ def export_project(store: Store, cache: ImageCache, project_id: int, out_dir: Pa
             report.skipped.append(Skip(f"task {task.task_id}", "image unavailable", str(exc)))
             continue
         boxes, class_ids, image_masks = [], [], []
-        for box in task.boxes:
-            if box.get("from_name") in prompts:
-                continue
+        for box in schema.label_boxes(task.boxes):
             category = index.get((box.get("from_name"), box["label"]))
             if category is None:
                 report.skipped.append(Skip(f"task {task.task_id}", "unknown class",

@@ -67,18 +67,16 @@ def _schema(store: Store, project_id: int) -> "ProjectSchema":
     return schema
 
 
-def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int],
-             skipped: list[str], prompts: frozenset[str] = frozenset()) -> TrainingExample | None:
-    """The task's boxes on its image; boxes of the controls in ``prompts`` (smart tools) left out silently."""
+def _example(task: LabeledTask, cache: ImageCache, class_index: dict[str, int], skipped: list[str],
+             schema: "ProjectSchema") -> TrainingExample | None:
+    """The task's boxes on its image; boxes of smart tools (``schema.label_boxes``) left out silently."""
     try:
         image = cache.get(task.image_url).image
     except ImageError as error:
         skipped.append(f"task {task.task_id}: image unavailable ({error})")
         return None
     boxes, class_ids = [], []
-    for box in task.boxes:
-        if box.get("from_name") in prompts:
-            continue
+    for box in schema.label_boxes(task.boxes):
         if box["label"] not in class_index:
             skipped.append(f"task {task.task_id}: box label {box['label']!r} is not a class of the project; box left out")
             continue
@@ -93,13 +91,12 @@ def build_dataset(store: Store, cache: ImageCache, project_id: int, val_fraction
     """Every live labeled task of the project (the newest live, not skipped annotation each), split."""
     schema = _schema(store, project_id)
     classes = schema.classes
-    prompts = frozenset(tool.name for tool in schema.smart_tools)
     class_index = {c.name: i for i, c in enumerate(classes)}
     tasks = store.tasks.labeled(project_id)
     validate = validation_ids([t.task_id for t in tasks], val_fraction, val_min)
     dataset = Dataset(classes, [], [], [], [], [])
     for task in tasks:
-        example = _example(task, cache, class_index, dataset.skipped, prompts)
+        example = _example(task, cache, class_index, dataset.skipped, schema)
         if example is None:
             continue
         if task.task_id in validate:
