@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"
+DEFAULT_CLASSIFIER_BACKBONE = "facebook/dinov2-small"
 
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -43,6 +44,9 @@ class Settings:
     segmenter: str = DEFAULT_SEGMENTER
     """Hub id or ``save_pretrained`` directory of the box-promptable SAM-family model (SAM, SAM-HQ, SAM 2, EdgeTAM)
     that turns boxes into masks; loaded only when a project's config has brush or polygon labels."""
+    classifier_backbone: str = DEFAULT_CLASSIFIER_BACKBONE
+    """Hub id or ``save_pretrained`` directory of the DINOv2 backbone whose frozen crop features the classifier of
+    labels sharing a phrase (``predicted_values``) is trained on; loaded only for a project with such labels."""
     device: str = "auto"
     """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     box_threshold: float = DetectionSettings.box_threshold
@@ -116,6 +120,9 @@ class Settings:
     freeze_backbone: bool = TrainingConfig.freeze_backbone
     freeze_text_encoder: bool = TrainingConfig.freeze_text_encoder
     seed: int = TrainingConfig.seed
+    classifier_min_new_annotations: int = 4
+    """A project with labels sharing a phrase retrains its classifier heads alone (in seconds, no detector round)
+    once this many annotations arrived or changed since its last round; 0: only in detector rounds."""
     lease_seconds: float = 120.0
     """A training run's lease, renewed every third of it; a run whose worker died is failed once it expires."""
 
@@ -148,6 +155,17 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def classifiers_dir(self) -> Path:
+        """Each version's classifier heads, ``<version>/`` (beside, not in, the weights: a version may share its
+        weights with another one)."""
+        return self.data_dir / "classifiers"
+
+    @property
+    def features_dir(self) -> Path:
+        """Crop features cached per backbone and image, so retraining heads costs no backbone pass."""
+        return self.data_dir / "features"
 
     def detection_settings(self, box_threshold: float | None = None,
                            slice_size: int | None = None) -> DetectionSettings:

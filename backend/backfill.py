@@ -68,7 +68,8 @@ class Backfill:
 
     def _finish(self, task: dict, job: Job) -> None:
         model = self.pool.model_for(job.project_id)
-        job = recalibrated(self.pool.settings, job, model.calibration)  # another version may serve by now
+        # another version may serve by now
+        job = recalibrated(self.pool.settings, job, model.calibration, model.classifier)
         if stored_prediction(self.store, task, job, model.version) is not None:
             return  # a later /predict (or the worker) answered it meanwhile, and Label Studio has it
         try:

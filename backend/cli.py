@@ -40,11 +40,13 @@ from typing import Sequence
 
 from active_learning.settings import Settings, env_name
 from active_learning.tools import CSV_COLUMNS, EXPORT_FORMATS
-from model.sources import DETECTOR, SEGMENTER, ModelSourceError, check_model_source
+from model.sources import CLASSIFIER, DETECTOR, SEGMENTER, ModelSourceError, check_model_source
 
-MODEL_SETTINGS = (("detector", "model", DETECTOR), ("segmenter", "segmenter", SEGMENTER))
+MODEL_SETTINGS = (("detector", "model", DETECTOR), ("segmenter", "segmenter", SEGMENTER),
+                  ("classifier", "classifier_backbone", CLASSIFIER))
 """(role, Settings field, kind) of every model a configuration names: what ``copy-models`` copies. The segmenter
-is not checked before serving: it loads only when a project has masks to pre-annotate."""
+and the classifier's backbone are not checked before serving: they load only when a project has masks to
+pre-annotate or labels sharing a phrase."""
 
 MODEL_WAY_OUT = ("Way out: --model DIR with a local save_pretrained directory (groundloop copy-models --to DIR "
                  "writes one where the hub is reachable), or HF_HUB_OFFLINE=1 with the model in the Hugging Face "
@@ -100,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="results.md, rounds.png, and the demo's data (DIR/data) and starting model")
     demo.set_defaults(run=_demo)
     copy = commands.add_parser("copy-models", help="copy every model the configuration names (--model, "
-                                                   "--segmenter) from a "
+                                                   "--segmenter, --classifier-backbone) from a "
                                                    "local directory, the hub cache or the hub into DIR, for a "
                                                    "machine that cannot reach the hub; prints the flags using them")
     copy.add_argument("--to", type=Path, required=True, metavar="DIR", help="DIR/<model name> per model")

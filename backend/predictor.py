@@ -134,7 +134,8 @@ class Predictor:
             return {"results": [self._answer_smart(task, schema, smart, model) if i == 0 else NO_PREDICTION
                                 for i, task in enumerate(tasks)]}
         try:  # the job is the model's: its version's calibrated thresholds serve
-            job = project_job(self.settings, self.store, schema, project_id, typed_prompt, model.calibration)
+            job = project_job(self.settings, self.store, schema, project_id, typed_prompt, model.calibration,
+                              model.classifier)
         except PromptError as exc:
             raise RequestError(str(exc)) from None
         results = self._predict_tasks(tasks, job, model)

@@ -298,3 +298,52 @@ def _save_segmenter(model, processor, output_dir: str | Path) -> Path:
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+# --- DINOv2 (the crop classifier's frozen backbone) --------------------------------------------------------------
+#
+# ``CropEncoder.load(dir)`` reads these with the same ``from_pretrained`` calls as a hub checkpoint. The processor
+# is the one facebook/dinov2-* ship (BitImageProcessor: resize the shortest edge, centre crop, ImageNet mean/std,
+# bicubic), in its PIL variant, which saves the same preprocessor_config.json.
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+SMALL_ENCODER_IMAGE_SIZE = 56
+
+
+def build_small_crop_encoder(output_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random DINOv2 (32 wide, 2 layers, patch 8, 56 px crops: 49 patches) and its processor into
+    ``output_dir`` and return it. The processor keeps the hub's 256 -> 224 resize-then-crop ratio (64 -> 56)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4, patch_size=8,
+                          image_size=SMALL_ENCODER_IMAGE_SIZE)
+    torch.manual_seed(seed)
+    side = SMALL_ENCODER_IMAGE_SIZE
+    return _save_crop_encoder(Dinov2Model(config), _dinov2_processor(side * 8 // 7, side), output_dir)
+
+
+def build_dinov2_small_architecture(output_dir: str | Path, seed: int = 0) -> Path:
+    """Save the facebook/dinov2-small architecture (384 wide, 12 layers, 6 heads, patch 14, 22 M parameters) with
+    random weights and the hub's processor (shortest edge 256, centre crop 224) into ``output_dir``, for the
+    benchmark. Random weights cost the same time and memory as the real ones."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
+                          image_size=518)
+    torch.manual_seed(seed)
+    return _save_crop_encoder(Dinov2Model(config), _dinov2_processor(256, 224), output_dir)
+
+
+def _dinov2_processor(shortest_edge: int, crop: int):
+    from transformers import BitImageProcessorPil
+
+    return BitImageProcessorPil(size={"shortest_edge": shortest_edge}, crop_size={"height": crop, "width": crop},
+                                image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, resample=3)  # 3: bicubic
+
+
+def _save_crop_encoder(model, image_processor, output_dir: str | Path) -> Path:
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    image_processor.save_pretrained(output_dir)
+    return output_dir

@@ -4,8 +4,8 @@
 packets: 8 s, huggingface_hub's own 3 s lookup of agent names and our probe's 5 s): it reads the
 ``config.json`` of a local directory, of the Hugging Face cache or of the hub, and raises ``ModelSourceError``
 (one line: the source and the reason) when the model could not load as what it is meant to be (``ModelKind``: the
-Grounding DINO detector, or the SAM-family segmenter). Loading itself would
-take much longer to say so: transformers retries an unreachable hub for about 25 s per file, then raises a
+Grounding DINO detector, the SAM-family segmenter, or the DINOv2 backbone of the crop classifier). Loading itself
+would take much longer to say so: transformers retries an unreachable hub for about 25 s per file, then raises a
 traceback. The hub is asked ONE question (a HEAD of ``config.json``, no retries, the ``HF_HUB_ETAG_TIMEOUT``
 huggingface_hub uses, else ``HUB_PROBE_SECONDS``). When it cannot answer, a complete copy in the cache is no way
 out by itself: ``from_pretrained`` would ask the hub, with retries, for every optional file the cache does not
@@ -34,6 +34,8 @@ which neither the detector nor the training code were written or tested for."""
 SEGMENTER_MODEL_TYPES = ("sam", "sam_hq", "sam2", "edgetam")
 """Box-promptable image segmenters of transformers' mask-generation mapping (``model.segmenter``); the video and
 SAM 3 tracker entries of that mapping take other inputs."""
+CLASSIFIER_MODEL_TYPES = ("dinov2",)
+"""The frozen backbone of the crop classifier (``model.classifier.CropEncoder``: CLS and mean patch tokens)."""
 
 HUB_PROBE_SECONDS = 5.0
 """How long the hub gets to answer the one HEAD request, unless ``HF_HUB_ETAG_TIMEOUT`` says otherwise."""
@@ -59,6 +61,7 @@ class ModelKind:
 
 DETECTOR = ModelKind("Grounding DINO", GROUNDING_DINO_MODEL_TYPES, REQUIRED_FILES)
 SEGMENTER = ModelKind("a SAM-family segmenter", SEGMENTER_MODEL_TYPES, _MODEL_FILES)
+CLASSIFIER = ModelKind("a DINOv2 backbone", CLASSIFIER_MODEL_TYPES, _MODEL_FILES)
 
 
 class ModelSourceError(Exception):
@@ -94,13 +97,10 @@ def check_model_source(source: str | Path, kind: ModelKind = DETECTOR) -> None:
 def copy_model(source: str | Path, destination: Path, kind: ModelKind = DETECTOR) -> Path:
     """Load ``source`` as the server does and ``save_pretrained`` it (model and processor) into ``destination``,
     which must not exist; written to a sibling first and renamed, so a failed copy leaves no half directory."""
-    from model.detector import Detector
-    from model.segmenter import Segmenter
-
     check_model_source(source, kind)
     if destination.exists():
         raise FileExistsError(f"{destination} exists already")
-    loaded = (Segmenter if kind is SEGMENTER else Detector).load(source, device="cpu")
+    loaded = _loader(kind).load(source, device="cpu")
     partial = destination.with_name(f".{destination.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +112,21 @@ def copy_model(source: str | Path, destination: Path, kind: ModelKind = DETECTOR
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return destination
+
+
+def _loader(kind: ModelKind):
+    """The class whose ``load`` reads ``kind`` as the server does; each has ``.model`` and ``.processor``."""
+    if kind is SEGMENTER:
+        from model.segmenter import Segmenter
+
+        return Segmenter
+    if kind is CLASSIFIER:
+        from model.classifier import CropEncoder
+
+        return CropEncoder
+    from model.detector import Detector
+
+    return Detector
 
 
 def model_short_name(source: str | Path) -> str:

@@ -63,3 +63,34 @@ def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) 
 def make_shapes_dataset(count: int, seed: int = 0, size: int = 128) -> list[SyntheticImage]:
     rng = random.Random(seed)
     return [make_shapes_image(rng, size) for _ in range(count)]
+
+
+TEAM_PHRASE = "square"
+TEAM_LABELS = (ClassSpec("red team", aliases=(TEAM_PHRASE,)), ClassSpec("blue team", aliases=(TEAM_PHRASE,)))
+"""Two labels language cannot tell apart: the same shape, told apart only by its colour. They share the phrase
+``square`` (``predicted_values``), so the detector finds squares and the crop classifier names the team."""
+_TEAM_COLOURS = ((210, 40, 40), (40, 40, 210))
+
+
+def make_teams_image(rng: random.Random, size: int = 128, max_squares: int = 3) -> SyntheticImage:
+    """One image with 1..max_squares squares, red or blue at random, on a noisy grey background; ``class_id``
+    indexes ``TEAM_LABELS``."""
+    pixels = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3)).astype(int)
+    boxes, teams = [], []
+    for slot in range(rng.randint(1, max_squares)):  # one column of the image each: they never overlap
+        side = rng.randint(size // 6, size // 4)
+        x1 = slot * size // max_squares + rng.randint(0, size // max_squares - side)
+        y1 = rng.randint(0, size - side)
+        team = rng.randrange(len(TEAM_LABELS))
+        jitter = np.array([rng.randint(-30, 30) for _ in range(3)])
+        pixels[y1:y1 + side, x1:x1 + side] = np.array(_TEAM_COLOURS[team]) + jitter
+        boxes.append((x1, y1, x1 + side, y1 + side))
+        teams.append(team)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    targets = sv.Detections(xyxy=np.array(boxes, dtype=float).reshape(-1, 4), class_id=np.array(teams, dtype=int))
+    return SyntheticImage(image, targets)
+
+
+def make_teams_dataset(count: int, seed: int = 0, size: int = 128) -> list[SyntheticImage]:
+    rng = random.Random(seed)
+    return [make_teams_image(rng, size) for _ in range(count)]

@@ -73,6 +73,14 @@ def detector(small_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def small_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny DINOv2 (random weights) the crop classifier reads crops with, built once per session."""
+    from model.factory import build_small_crop_encoder
+
+    return Path(build_small_crop_encoder(tmp_path_factory.mktemp("small-encoder"), seed=0))
+
+
+@pytest.fixture(scope="session")
 def small_segmenter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny SAM (random weights, 128 px), built once per session."""
     from model import build_small_segmenter

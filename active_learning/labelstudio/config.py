@@ -14,11 +14,18 @@ Conventions of the official ML backends: ``<Label value="car" predicted_values="
 model look for other phrases and still answer "car"; ``model_score_threshold="0.5"`` on the control tag sets the
 box threshold for that control. groundloop's own: ``slice_size="640"`` on the control tag turns on sliced inference
 (tiles of 640 px, for small objects in large images; ``DetectionSettings.slice_size``) for the project.
+
+Labels language cannot name: labels that share a ``predicted_values`` phrase (``<Label value="Alice"
+predicted_values="human face"/>`` and ``<Label value="Bob" predicted_values="human face"/>``) form a
+``LabelGroup``. The detector looks for the shared phrase once, as one class named after it (the labels' own names
+are not searched: "Alice" means nothing to it), and trains on all the group's boxes as that class; the crop
+classifier (``model.classifier``) then tells the group's labels apart on each box.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable
 from xml.sax.saxutils import quoteattr
 
@@ -90,6 +97,19 @@ class Category:
 
 
 @dataclass(frozen=True)
+class LabelGroup:
+    """Labels sharing a detection phrase through ``predicted_values``: detected once as ``phrase``, told apart by the
+    crop classifier."""
+
+    phrase: str
+    """The first shared phrase: the name of the class the detector looks for and trains the group's boxes as."""
+    labels: tuple[str, ...]
+    """In config order."""
+    aliases: tuple[str, ...] = ()
+    """The members' other ``predicted_values``, searched for the group too."""
+
+
+@dataclass(frozen=True)
 class ProjectSchema:
     image_name: str
     """The ``<Image>`` tag every labels control draws on: Label Studio's ``to_name``."""
@@ -114,15 +134,41 @@ class ProjectSchema:
         return [c for c in self.controls if c.draws_masks]
 
     @property
-    def classes(self) -> list[ClassSpec]:
-        """What the detector looks for and trains on: every control's labels, a label shared by two controls
-        once (its aliases merged), since one phrase cannot be told apart from itself."""
+    def labels(self) -> list[ClassSpec]:
+        """Every control's labels, a label shared by two controls once (its aliases merged)."""
         merged: dict[str, tuple[str, ...]] = {}
         for control in self.controls:
             for spec in control.classes:
                 aliases = merged.get(spec.name, ())
                 merged[spec.name] = aliases + tuple(a for a in spec.aliases if a not in aliases)
         return [ClassSpec(name, aliases) for name, aliases in merged.items()]
+
+    @cached_property
+    def label_groups(self) -> tuple[LabelGroup, ...]:
+        """The labels sharing a ``predicted_values`` phrase, grouped (two labels sharing any phrase, directly or
+        through a third, are one group); in config order."""
+        return _label_groups(self.labels)
+
+    @property
+    def classes(self) -> list[ClassSpec]:
+        """What the detector looks for and trains on: each label with a phrase of its own, and each group once, as a
+        class named after its shared phrase (at its first label's place)."""
+        classes, grouped = [], {label: group for group in self.label_groups for label in group.labels}
+        for spec in self.labels:
+            group = grouped.get(spec.name)
+            if group is None:
+                classes.append(spec)
+            elif spec.name == group.labels[0]:
+                classes.append(ClassSpec(group.phrase, group.aliases))
+        return classes
+
+    def detection_class(self, label: str) -> str:
+        """The class a box of ``label`` is detected and trained as: its group's phrase, else the label itself."""
+        return next((group.phrase for group in self.label_groups if label in group.labels), label)
+
+    def group(self, detected: str) -> LabelGroup | None:
+        """The group whose phrase the detector's class ``detected`` is, if any."""
+        return next((group for group in self.label_groups if group.phrase == detected), None)
 
     def controls_with(self, label: str) -> list[LabelsControl]:
         """The controls that offer ``label``."""
@@ -188,8 +234,10 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
         raise LabelConfigError(f"the label config asks for {phrases} labels and aliases, more than the {MAX_PHRASES} "
                                "groundloop detects per image")
     on_image = prompt is not None and image.name in (prompt.to_name or [])
-    return ProjectSchema(image_name=image.name, image_key=image.value_name, controls=tuple(controls),
-                         prompt_control=PromptControl(prompt.name) if on_image else None, smart_tools=tuple(tools))
+    schema = ProjectSchema(image_name=image.name, image_key=image.value_name, controls=tuple(controls),
+                           prompt_control=PromptControl(prompt.name) if on_image else None, smart_tools=tuple(tools))
+    schema.label_groups  # a phrase shared by labels that is also a label's name raises here, not at the first job
+    return schema
 
 
 def label_config_for(classes: Iterable[ClassSpec]) -> str:
@@ -217,6 +265,38 @@ def parse_classes(text: str) -> list[ClassSpec]:
     if len({c.name for c in classes}) != len(classes):
         raise ValueError(f"classes {text!r}: a class is named twice")
     return classes
+
+
+def _label_groups(labels: list[ClassSpec]) -> tuple[LabelGroup, ...]:
+    sharing: dict[str, list[str]] = {}  # phrase (lowercased) -> labels having it among their predicted_values
+    for spec in labels:
+        for alias in spec.aliases:
+            sharing.setdefault(alias.lower(), []).append(spec.name)
+    group_of = {spec.name: spec.name for spec in labels}  # union-find over labels joined by a shared phrase
+
+    def root(label: str) -> str:
+        while group_of[label] != label:
+            label = group_of[label]
+        return label
+
+    for members in sharing.values():
+        for other in members[1:]:
+            group_of[root(other)] = root(members[0])
+    members_of: dict[str, list[ClassSpec]] = {}
+    for spec in labels:
+        members_of.setdefault(root(spec.name), []).append(spec)
+    groups = []
+    names = {spec.name.lower(): spec.name for spec in labels}
+    for members in (m for m in members_of.values() if len(m) > 1):
+        phrases = [a for spec in members for a in spec.aliases]
+        phrase = next(a for a in phrases if len(sharing[a.lower()]) > 1)
+        clash = names.get(phrase.lower())
+        if clash is not None:
+            raise LabelConfigError(f'"{phrase}" is shared by the labels {", ".join(m.name for m in members)} through '
+                                   f'predicted_values and is also the label "{clash}": rename one of them')
+        aliases = tuple(dict.fromkeys(a for a in phrases if a.lower() != phrase.lower()))
+        groups.append(LabelGroup(phrase, tuple(spec.name for spec in members), aliases))
+    return tuple(groups)
 
 
 def _labels_control(control, kind: str) -> LabelsControl:

@@ -111,7 +111,7 @@ def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema"
     exceed it, and every detection of a label it answers None for. Region ids run across all controls.
     """
     regions: list[dict[str, Any]] = []
-    scores, masks = detections.confidence, detections.mask
+    scores, masks, label_scores = detections.confidence, detections.mask, detections.data.get("label_score")
     if masks is not None and tuple(masks.shape[1:]) != (height, width):
         raise ValueError(f"detections.mask has shape {tuple(masks.shape)}, not (N, {height}, {width}) of the image")
     for i, (x1, y1, x2, y2) in enumerate(detections.xyxy.tolist()):
@@ -146,8 +146,8 @@ def regions_from_detections(detections: "sv.Detections", schema: "ProjectSchema"
                 "image_rotation": 0,
                 "value": {**shape, target.kind: [label]},
             }
-            if scores is not None:
-                region["score"] = float(scores[i])
+            if scores is not None:  # a custom label's box: the box's score times its label's (``labeling``)
+                region["score"] = float(scores[i]) * float(label_scores[i] if label_scores is not None else 1.0)
             regions.append(region)
     return regions
 

@@ -1,6 +1,7 @@
 """What ``GET /status`` and ``groundloop status`` show, per project: which model version is deployed and which
 serves, the recent training rounds, every model version (with the box thresholds it serves per class and the
-classes it abstains from, calibrated by its round: ``serving.calibration``), and how much annotators corrected
+classes it abstains from, calibrated by its round: ``serving.calibration``), the classifier heads of labels sharing
+a phrase (trained or not, on how many crops, validation accuracy), and how much annotators corrected
 each version and what that cost them (true objects, edits per object, time saved against drawing every box; see
 ``corrections``).
 
@@ -52,6 +53,7 @@ def project_status(store: Store, project_id: int,
         "training_runs": [_run(run, by_name.get(run.model_version or ""))
                           for run in store.runs.of_project(project_id)[:RECENT_RUNS]],
         "model_versions": [_version(version) for version in versions],
+        "label_groups": _label_groups(store, project_id, deployed),
         "corrections": {summary.model_version: summary.as_dict() for summary in _by_creation(
             correction_stats(store, project_id, costs or ActionCosts.from_settings()), by_name)},
     }
@@ -94,6 +96,22 @@ def _version(version: ModelVersion) -> dict[str, Any]:
             "created_at": _time(version.created_at)}
 
 
+def _label_groups(store: Store, project_id: int, deployed: ModelVersion | None) -> list[dict[str, Any]]:
+    """The config's label groups (labels sharing a phrase) and, per group, the deployed version's head: trained in
+    which round, on how many crops, its validation accuracy (``training.label_heads``); ``trained`` false while
+    the group's boxes are served with the most used label."""
+    schema = store.projects.schema(project_id)
+    heads = ((deployed.metrics or {}).get("classifier") or {}).get("groups", {}) if deployed else {}
+    groups = []
+    for group in schema.label_groups if schema else ():
+        head = heads.get(group.phrase) or {}
+        groups.append({"phrase": group.phrase, "labels": list(group.labels),
+                       "trained": head.get("trained_in") is not None and head.get("labels") == list(group.labels),
+                       "trained_in": head.get("trained_in"), "crops": head.get("crops"),
+                       "val_accuracy": head.get("val_accuracy"), "val_crops": head.get("val_crops")})
+    return groups
+
+
 def _time(moment: datetime | None) -> str | None:
     return moment.isoformat(sep=" ", timespec="seconds") if moment else None
 
@@ -132,6 +150,9 @@ def _render_project(p: dict[str, Any], costs: dict[str, float] | None = None) ->
         "config wins):",
         *([f"    {v['name']}: {_calibration(v.get('calibration'))}" for v in p["model_versions"]] or ["    (none)"]),
         "",
+        *(["  custom labels (labels sharing a phrase, told apart by the deployed version's classifier heads):",
+           *[f"    {g['phrase']} -> {', '.join(g['labels'])}: {_head(g)}" for g in p["label_groups"]], ""]
+          if p.get("label_groups") else []),
         "  corrections by annotators (boxes of each version's predictions, oldest version first):",
         *_table(["model version", "annotations", "unchanged", "kept", "moved", "relabeled", "deleted", "added",
                  "precision", "recall", "true objects", "edits/object", "time saved"],
@@ -174,6 +195,14 @@ def _calibration(c: dict[str, Any] | None) -> str:
     nms = [f"NMS IoU {c['nms_iou']:g}"] if c.get("nms_iou") is not None else []
     return "; ".join([", ".join(parts or ["no class calibrated"]), *dropped, *nms,
                       f"val time saved {_percent(c.get('val_time_saved'))}"])
+
+
+def _head(group: dict[str, Any]) -> str:
+    if not group["trained"]:
+        return "no head yet (served as the most used label, with a low score)"
+    accuracy = "-" if group["val_accuracy"] is None else f"{group['val_accuracy']:.2f}"
+    return (f"head trained in {group['trained_in']} on {group['crops']} crops, val accuracy {accuracy} on "
+            f"{_num(group['val_crops'])} crops")
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:

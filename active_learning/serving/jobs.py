@@ -8,7 +8,7 @@ A job belongs to the model version that serves it: a version tuned by its traini
 brings the phrases its prompt choice dropped (searched for no control), and its per-class thresholds and
 abstained classes, which apply on every control whose config sets no ``model_score_threshold`` (a threshold
 written in the config wins for its control). Build the job after asking the pool for the model
-(``project_job(..., calibration=model.calibration)``).
+(``project_job(..., calibration=model.calibration, classifier=model.classifier)``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
 from active_learning.labelstudio.config import ProjectSchema, LabelsControl, label_config_for, parse_label_config
 from active_learning.serving.calibration import Calibration
+from active_learning.serving.labeling import fallback_labels
 from active_learning.settings import Settings
 from active_learning.store import Store
 from model.config import DetectionSettings
 from model.prompts import ClassSpec
+
+if TYPE_CHECKING:
+    from active_learning.serving.labeling import VersionClassifier
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +55,23 @@ class Job:
     segmenter: str | None = None
     """The segmenter that turns the boxes of mask controls into masks (``Settings.segmenter``); None when the
     schema has no mask control."""
+    classifier: "VersionClassifier | None" = None
+    """The serving version's heads for the schema's label groups (``labeling``); None: it has none."""
+    classifier_backbone: str | None = None
+    """The backbone the heads read crops with (``Settings.classifier_backbone``); None without label groups."""
+    fallback_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Group phrase -> the label the annotators used most: what a group without a head serves."""
 
     def threshold(self, control: LabelsControl, label: str) -> float | None:
         """The score ``label``'s boxes must exceed on ``control`` (None: not served there). A threshold written in
-        the config wins for its control; elsewhere the calibrated one, or ours, and abstained labels get none."""
+        the config wins for its control; elsewhere the calibrated one, or ours, and abstained labels get none. A
+        label of a group is calibrated as the group's phrase (what the detector scores)."""
         if control.score_threshold is not None:
             return control.score_threshold
-        if label in self.abstained:
+        detected = self.schema.detection_class(label)
+        if detected in self.abstained:
             return None
-        return self.class_thresholds.get(label, self.thresholds[control.name])
+        return self.class_thresholds.get(detected, self.thresholds[control.name])
 
     def thresholds_for(self, control: str) -> dict[str, float | None]:
         """Class -> ``threshold`` on ``control`` for each of its classes."""
@@ -67,9 +80,11 @@ class Job:
 
 
 def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None = None,
-             classes: list[ClassSpec] | None = None, calibration: Calibration | None = None) -> Job:
-    """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's); ``calibration``: the
-    serving version's (its thresholds and abstentions apply where the config sets no threshold)."""
+             classes: list[ClassSpec] | None = None, calibration: Calibration | None = None,
+             classifier: "VersionClassifier | None" = None, fallback_labels: Mapping[str, str] | None = None) -> Job:
+    """The job for ``schema``; ``classes`` replace the schema's (an interactive prompt's); ``calibration`` and
+    ``classifier``: the serving version's (its thresholds and abstentions apply where the config sets no
+    threshold; its heads label the boxes of label groups, ``fallback_labels`` those of groups without one)."""
     dropped = calibration.dropped if calibration else {}
     classes = tuple(dataclasses.replace(c, dropped=tuple(dropped[c.name])) if c.name in dropped else c
                     for c in (classes if classes is not None else schema.classes))
@@ -100,9 +115,15 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
     segmenter = settings.segmenter if schema.mask_controls else None
     if segmenter is not None:  # absent for box projects: their keys stay as they were
         key_source["masks"] = {"segmenter": segmenter, "kinds": [[c.name, c.kind] for c in schema.mask_controls]}
+    backbone, fallback = None, {}
+    if schema.label_groups:  # absent without label groups: the keys of other projects stay as they were
+        backbone = settings.classifier_backbone
+        fallback = {g.phrase: (fallback_labels or {}).get(g.phrase, g.labels[0]) for g in schema.label_groups}
+        key_source["label_groups"] = {"groups": [[g.phrase, list(g.labels)] for g in schema.label_groups],
+                                      "fallback": sorted(fallback.items()), "backbone": backbone}
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
-               calibration, segmenter)
+               calibration, segmenter, classifier if schema.label_groups else None, backbone, fallback)
 
 
 def _detection_key(detection: DetectionSettings) -> dict:
@@ -125,21 +146,24 @@ def _slice_size(schema: ProjectSchema) -> int | None:
     return min((size for size in sizes if size), default=0)
 
 
-def recalibrated(settings: Settings, job: Job, calibration: Calibration | None) -> Job:
-    """``job`` for a model with ``calibration`` (the same job when it already is): for a job made earlier
-    whose project is now served by another version (background completion)."""
-    if job.calibration == calibration:
+def recalibrated(settings: Settings, job: Job, calibration: Calibration | None,
+                 classifier: "VersionClassifier | None" = None) -> Job:
+    """``job`` for a model with ``calibration`` and ``classifier`` (the same job when it already is): for a job made
+    earlier whose project is now served by another version (background completion)."""
+    if job.calibration == calibration and job.classifier == (classifier if job.schema.label_groups else None):
         return job
-    return make_job(settings, job.schema, job.project_id, list(job.classes), calibration)
+    return make_job(settings, job.schema, job.project_id, list(job.classes), calibration, classifier,
+                    job.fallback_labels)
 
 
 def project_job(settings: Settings, store: Store, schema: ProjectSchema, project_id: int | None,
-                typed_prompt: str | None = None, calibration: Calibration | None = None) -> Job:
+                typed_prompt: str | None = None, calibration: Calibration | None = None,
+                classifier: "VersionClassifier | None" = None) -> Job:
     """The job for a project: its config's classes, or the interactive prompt when the config has one.
 
     ``typed_prompt`` (what the annotator just typed) becomes the project's prompt; without it a config with a
-    prompt ``<TextArea>`` uses the prompt remembered for the project. ``calibration``: the serving model's
-    (``LoadedModel.calibration``).
+    prompt ``<TextArea>`` uses the prompt remembered for the project. ``calibration`` and ``classifier``: the
+    serving model's (``LoadedModel.calibration``, ``LoadedModel.classifier``).
     """
     prompt = typed_prompt
     if not prompt and schema.prompt_control is not None and project_id is not None:
@@ -148,7 +172,8 @@ def project_job(settings: Settings, store: Store, schema: ProjectSchema, project
     if typed_prompt and project_id is not None:  # ... so never remembered
         store.projects.set_prompt(project_id, typed_prompt)
         log.info("project %s: detection prompt is now %r", project_id, typed_prompt)
-    return make_job(settings, schema, project_id, classes, calibration)
+    return make_job(settings, schema, project_id, classes, calibration, classifier,
+                    fallback_labels(store, project_id, schema))
 
 
 def folder_job(settings: Settings, classes: list[ClassSpec]) -> Job:

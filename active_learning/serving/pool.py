@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from active_learning.serving.calibration import Calibration
+from active_learning.serving.labeling import VersionClassifier
 from active_learning.settings import Settings
 from active_learning.store import Store
+from model.classifier import ClassifierError
 from model.detector import Detector
 
 if TYPE_CHECKING:
@@ -39,12 +41,15 @@ class ServingModel:
     calibration: Calibration | None = None
     """The version's served thresholds and abstentions (``metrics["calibration"]``, from its training round);
     None for the starting model and versions without one."""
+    classifier: str | None = None
+    """Where the version's classifier heads are (``metrics["classifier"]["path"]``, ``labeling``); None: none."""
 
     @classmethod
     def of_version(cls, version: "ModelVersion", data_dir: Path) -> "ServingModel":
         metrics = version.metrics or {}
+        heads = (metrics.get("classifier") or {}).get("path") if isinstance(metrics.get("classifier"), dict) else None
         return cls(resolve_model_path(data_dir, version.path), version.name, metrics.get("weights_digest"),
-                   Calibration.from_metrics(metrics))
+                   Calibration.from_metrics(metrics), resolve_model_path(data_dir, heads) if heads else None)
 
 
 def resolve_model_path(data_dir: Path, path: str) -> str:
@@ -83,11 +88,13 @@ UNMEASURED = Calibration(withheld=True)
 @dataclass(frozen=True)
 class LoadedModel:
     """A detector in memory, the ``model_version`` its predictions carry and the version's calibration (what a
-    job made for it serves: ``project_job(..., calibration=model.calibration)``)."""
+    job made for it serves: ``project_job(..., calibration=model.calibration, classifier=model.classifier)``)."""
 
     detector: Detector
     version: str
     calibration: Calibration | None = None
+    classifier: VersionClassifier | None = None
+    """The version's heads for label groups (``labeling``)."""
 
     @classmethod
     def load(cls, serving: ServingModel, device: str) -> "LoadedModel":
@@ -95,12 +102,16 @@ class LoadedModel:
 
     @classmethod
     def of_detector(cls, serving: ServingModel, detector: Detector) -> "LoadedModel":
-        """``serving`` with ``detector`` loaded from its source already (a measured starting model shares the
-        starting model's weights)."""
+        """``serving`` with ``detector`` loaded from its source already (a measured starting model, and a version
+        that retrained only its classifier, share another version's weights)."""
         if serving.weights_digest and detector.version_digest != serving.weights_digest:
             raise CheckpointError(f"weights of {serving.version} changed on disk since they were registered "
                                   f"(digest {detector.version_digest}, registered {serving.weights_digest})")
-        return cls(detector, serving.version or starting_model_version(detector), serving.calibration)
+        try:
+            classifier = VersionClassifier.load(serving.classifier) if serving.classifier else None
+        except ClassifierError as exc:
+            raise CheckpointError(f"classifier heads of {serving.version}: {exc}") from None
+        return cls(detector, serving.version or starting_model_version(detector), serving.calibration, classifier)
 
 
 class ModelPool:

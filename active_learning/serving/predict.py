@@ -7,8 +7,10 @@ promotion, ``groundloop predict`` on a folder and the demo all call ``predict_im
 
 A prediction is ``{"result": [regions], "score": s, "model_version": v}``: Label Studio's format for a
 /predict answer and for ``POST /api/predictions``. Regions are rectangles, and for a config with brush or polygon
-labels also masks: the boxes those controls serve prompt the segmenter (``segmenting``). ``score`` is the detector's uncertainty in [0, 1]; LOW means
-"look at this task first", which is what Label Studio's "Uncertainty sampling" serves first.
+labels also masks: the boxes those controls serve prompt the segmenter (``segmenting``); boxes of labels sharing a
+phrase get their label from the crop classifier first (``labeling``). ``score`` is the task's uncertainty in
+[0, 1] (the detector's, lowered by uncertain labels); LOW means "look at this task first", which is what Label
+Studio's "Uncertainty sampling" serves first.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from active_learning.images.fetcher import short_url
 from active_learning.labelstudio.regions import regions_from_detections
 from active_learning.serving.interactive import SmartPrompt, answer_smart_prompt
 from active_learning.serving.jobs import Job
-from active_learning.serving.segmenting import SegmenterUnavailable, add_masks, shared_segmenter
+from active_learning.serving.labeling import assign_labels
+from active_learning.serving.segmenting import add_masks, shared_segmenter
+from active_learning.serving.shared_models import ModelUnavailable
 from active_learning.store import Store
 
 if TYPE_CHECKING:
@@ -57,9 +61,13 @@ class ImagePrediction:
 
 
 def predict_images(detector: "Detector", images: Sequence["Image.Image"], job: Job) -> list[ImagePrediction]:
-    """One detect pass over ``images`` (batched by the detector), the masks the job's mask controls need, and each
-    image's regions and score. Raises ``SegmenterUnavailable`` when masks are needed and the segmenter cannot load."""
+    """One detect pass over ``images`` (batched by the detector), the labels of label groups (``labeling``), the
+    masks the job's mask controls need, and each image's regions and score. Raises ``ModelUnavailable`` when masks
+    or custom labels are needed and the segmenter or the classifier's backbone cannot load."""
     detections = detector.detect(list(images), list(job.classes), job.detection)
+    if job.schema.label_groups:
+        for image, found in zip(images, detections):
+            assign_labels(image, found, job, detector.device)
     if job.segmenter is not None:
         segmenter = shared_segmenter(job.segmenter, detector.device)
         for image, found in zip(images, detections):
@@ -105,7 +113,7 @@ def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task
             raise PredictionError(str(exc)) from None
         try:
             [predicted] = predict_images(model.detector, [fetched.image], job)
-        except SegmenterUnavailable as exc:
+        except ModelUnavailable as exc:
             raise PredictionError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
             log.exception("detection failed on %s", short_url(url))
@@ -126,7 +134,7 @@ def predict_smart_prompt(model: "LoadedModel", fetcher: ImageFetcher, task: dict
         try:
             fetched = fetcher.fetch(url)
             segmenter = shared_segmenter(segmenter_source, model.detector.device)
-        except (ImageError, SegmenterUnavailable) as exc:
+        except (ImageError, ModelUnavailable) as exc:
             raise PredictionError(str(exc)) from None
         try:
             result = answer_smart_prompt(segmenter, fetched.image, prompt, schema)

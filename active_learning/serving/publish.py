@@ -28,7 +28,8 @@ def publish_to_label_studio(settings: Settings, store: Store, client: LabelStudi
         log.warning("project %d: the label config has nothing to pre-annotate", project_id)
         return 0
     store.projects.set_label_config(project_id, config)
-    job = project_job(settings, store, schema, project_id, calibration=model.calibration)
+    job = project_job(settings, store, schema, project_id, calibration=model.calibration,
+                      classifier=model.classifier)
     fetcher = fetcher or ImageFetcher(settings)
     tasks = client.unlabeled_tasks(project_id)
     log.info("project %d: predicting %d unlabeled tasks with %s", project_id, len(tasks), model.version)

@@ -1,21 +1,18 @@
 """Masks for the boxes that mask controls serve: Grounded SAM's second step.
 
-The segmenter (``Settings.segmenter``) is not fine-tuned and serves every model version alike, so a process
-holds one per source and device, loaded the first time a job needs masks (a box-only deployment never loads it).
-A segmenter that cannot load fails the tasks that need it with one line saying why, and is not tried again for
-``RETRY_SECONDS`` (each try may cost the hub probe's seconds).
+The segmenter (``Settings.segmenter``) is not fine-tuned and serves every model version alike: a process holds one
+per source and device (``shared_models``), loaded the first time a job needs masks.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from active_learning.serving.jobs import Job
+from active_learning.serving.shared_models import SharedModels
+from model.sources import SEGMENTER
 
 if TYPE_CHECKING:
     import supervision as sv
@@ -24,43 +21,21 @@ if TYPE_CHECKING:
 
     from model.segmenter import Segmenter
 
-log = logging.getLogger(__name__)
 
-RETRY_SECONDS = 60.0
+def _load_segmenter(source: str, device: str) -> "Segmenter":
+    from model.segmenter import Segmenter
 
-_loaded: dict[tuple[str, str], "Segmenter"] = {}
-_failed: dict[tuple[str, str], tuple[float, str]] = {}
-_lock = threading.Lock()
+    return Segmenter.load(source, device=device)
 
 
-class SegmenterUnavailable(RuntimeError):
-    """The segmenter cannot be loaded; the message says which, why and what to do."""
+_SEGMENTERS: SharedModels["Segmenter"] = SharedModels(
+    SEGMENTER, _load_segmenter, "no masks",
+    "set --segmenter / GROUNDLOOP_SEGMENTER to a SAM-family hub id or save_pretrained directory")
 
 
 def shared_segmenter(source: str, device: "torch.device | str") -> "Segmenter":
-    """The process's segmenter for ``source`` on ``device`` (the detector's: the same device rules)."""
-    from model.segmenter import Segmenter
-    from model.sources import SEGMENTER, check_model_source
-
-    key = (source, str(device))
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        failed = _failed.get(key)
-        if failed is not None and time.monotonic() - failed[0] < RETRY_SECONDS:
-            raise SegmenterUnavailable(failed[1])
-        try:
-            check_model_source(source, SEGMENTER)
-            log.info("loading the segmenter %s on %s (a project's config draws masks)", source, device)
-            _loaded[key] = Segmenter.load(source, device=str(device))
-        except Exception as exc:  # noqa: BLE001 - a hub id, a directory, a broken checkpoint: one line for all
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            message = (f"no masks: {reason} (set --segmenter / GROUNDLOOP_SEGMENTER to a SAM-family hub id or "
-                       "save_pretrained directory; groundloop copy-models copies one)")
-            _failed[key] = (time.monotonic(), message)
-            log.error("segmenter %s: %s", source, message)
-            raise SegmenterUnavailable(message) from None
-        return _loaded[key]
+    """The process's segmenter for ``source`` on ``device``; ``ModelUnavailable`` when it cannot load."""
+    return _SEGMENTERS.get(source, device)
 
 
 def add_masks(segmenter: "Segmenter", image: "Image.Image", found: "sv.Detections", job: Job) -> None:

@@ -48,6 +48,13 @@ class AnnotationRepository:
         with self.db.read() as session:
             return session.scalar(query) or 0
 
+    def state(self, project_id: int) -> tuple:
+        """(live annotations, newest arrival) of the project: changes whenever its labels may have."""
+        query = select(func.count(), func.max(Annotation.ingested_at)).where(
+            Annotation.project_id == project_id, Annotation.deleted.is_(False))
+        with self.db.read() as session:
+            return tuple(session.execute(query).one())
+
     def mark_deleted(self, ids: list[int]) -> int:
         """Mark these annotations deleted; returns how many the store knew."""
         with self.db.write() as session:

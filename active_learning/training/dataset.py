@@ -1,7 +1,9 @@
 """A project's training data from the store: its humans' latest boxes on cached images, split for good.
 
 A brush or polygon annotation trains the detector through its mask's bounding box (the stored ``"box"``); the
-regions of the project's smart tools are prompts for the segmenter, not labels, and are left out.
+regions of the project's smart tools are prompts for the segmenter, not labels, and are left out. A box of a label
+in a label group trains the detector as the group's phrase (``ProjectSchema.detection_class``); its label trains
+the group's classifier head (``label_heads``).
 
 The split decides, from a hash of the task id alone, whether a task validates or trains, so every round of a
 project validates on the same tasks (scores of different rounds compare) and no task a model trained on is
@@ -54,7 +56,8 @@ class Dataset:
 
 
 def project_classes(store: Store, project_id: int) -> list[ClassSpec]:
-    """Every control's labels (``ProjectSchema.classes``): what the detector trains on."""
+    """What the detector trains on (``ProjectSchema.classes``): every label with a phrase of its own, and each label
+    group as its phrase."""
     return _schema(store, project_id).classes
 
 
@@ -91,7 +94,8 @@ def build_dataset(store: Store, cache: ImageCache, project_id: int, val_fraction
     """Every live labeled task of the project (the newest live, not skipped annotation each), split."""
     schema = _schema(store, project_id)
     classes = schema.classes
-    class_index = {c.name: i for i, c in enumerate(classes)}
+    index = {c.name: i for i, c in enumerate(classes)}
+    class_index = {label.name: index[schema.detection_class(label.name)] for label in schema.labels}
     tasks = store.tasks.labeled(project_id)
     validate = validation_ids([t.task_id for t in tasks], val_fraction, val_min)
     dataset = Dataset(classes, [], [], [], [], [])

@@ -21,14 +21,17 @@ from active_learning.images import ImageCache, cache_labeled_images
 from active_learning.reports.corrections import correction_stats
 from active_learning.serving.calibration import Calibration
 from active_learning.serving.prompt_choice import tune_served_pipeline
-from active_learning.serving.pool import LoadedModel, serving_model
+from active_learning.serving.labeling import VersionClassifier
+from active_learning.serving.pool import LoadedModel, ServingModel, serving_model
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.training.dataset import Dataset, build_dataset
 from active_learning.training.distributed import fit_on_processes, write_manifest
+from active_learning.training.label_heads import save_version_heads, train_project_heads
 from active_learning.training.promotion import ap_drops, decide, percent
 from active_learning.training.registry import checkpoint_name, register
 from active_learning.training.round_report import RoundReport, write_report
+from model.classifier import ClassifierError
 from model.detector import Detector
 from model.training import EpochResult, FitResult, TrainingExample, evaluate, fit
 
@@ -87,6 +90,8 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
             cache = ImageCache(settings)
             for line in cache_labeled_images(store, cache, project_id):
                 log.warning("project %d: %s", project_id, line)
+            if run.trigger == CLASSIFY:
+                return _retrain_classifier(settings, store, run_id, project_id)
             dataset = build_dataset(store, cache, project_id, settings.val_fraction, settings.val_min)
             if run.trigger == MEASURE:
                 outcome = _measure_starting_model(settings, store, run_id, project_id, dataset)
@@ -107,6 +112,8 @@ def run_round(settings: Settings, store: Store, run_id: int, owner: str,
 
 MEASURE = "measure"
 """The trigger of a measuring round (``Worker.schedule_due_rounds``): tune the starting model, train nothing."""
+CLASSIFY = "classify"
+"""The trigger of a classifier round: retrain the heads of label groups alone, on the deployed version's weights."""
 
 
 def _measure_starting_model(settings: Settings, store: Store, run_id: int, project_id: int,
@@ -129,7 +136,7 @@ def _measure_starting_model(settings: Settings, store: Store, run_id: int, proje
     store.models.add(name, serving.source, project_id=project_id, parent=starting.version, status="deployed",
                      metrics={"calibration": calibration.as_metrics(), "val_size": len(examples),
                               "weights_digest": starting.detector.version_digest, "measured_only": True,
-                              "decision": decision})
+                              "decision": decision, **_heads_metrics(settings, store, project_id, name, None, None)})
     store.runs.finish(run_id, "succeeded", model_version=name)
     log.info("run %d: %s; deployed as %s (thresholds %s, abstained %s, dropped %s)", run_id, decision, name,
              dict(calibration.thresholds), list(calibration.abstained), dict(calibration.dropped))
@@ -147,7 +154,7 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
                       staging: Path, after_epoch, started: float, processes: int = 1) -> RoundOutcome:
     serving = serving_model(store, settings, project_id)
     deployed = LoadedModel.load(serving, settings.device)
-    deployed_version = deployed.version
+    deployed_version, deployed_classifier = deployed.version, deployed.classifier
     baseline = evaluate(deployed.detector, dataset.validation, dataset.classes, settings.evaluation_settings())
     baseline_saved = _tune(settings, deployed.detector, dataset).val_time_saved
     log.info("run %d: deployed %s scores val mAP %.4f, time saved %s on %d images", run_id, deployed_version,
@@ -187,7 +194,8 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     metrics = {"val": best.as_dict(), "baseline": baseline.as_dict(), "best_epoch": result.best_epoch,
                "train_size": len(dataset.train), "val_size": len(dataset.validation),
                "calibration": calibration.as_metrics(), "baseline_val_time_saved": baseline_saved,
-               "decision": decision, "ap_drops": drops}
+               "decision": decision, "ap_drops": drops,
+               **_heads_metrics(settings, store, project_id, name, deployed_classifier, deployed_version)}
     register(store, settings, result.best_dir, name, project_id=project_id, parent=deployed_version,
              metrics=metrics, deploy=promote)
     status = "succeeded" if promote else "rejected"
@@ -204,6 +212,56 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
     log.info("run %d: candidate %s %s: %s", run_id, name, "PROMOTED" if promote else "rejected, serving unchanged",
              decision)
     return RoundOutcome(run_id, status, name, report)
+
+
+def _heads_metrics(settings: Settings, store: Store, project_id: int, name: str,
+                   served: VersionClassifier | None, served_version: str | None) -> dict:
+    """``{"classifier": ...}`` for candidate ``name``: the heads of the project's label groups trained now and kept
+    where they beat what ``served_version`` serves (``label_heads``); {} for a project without label groups."""
+    schema = store.projects.schema(project_id)
+    trained = train_project_heads(settings, store, project_id, schema, served, served_version) if schema else None
+    if trained is None:
+        return {}
+    choice, digest = trained
+    return {"classifier": save_version_heads(settings, name, choice, digest)}
+
+
+def _retrain_classifier(settings: Settings, store: Store, run_id: int, project_id: int) -> RoundOutcome:
+    """A classifier round: new heads on the deployed version's weights and calibration, deployed as a version of
+    their own when some group's head beats what serves (``label_heads``); the detector is not touched."""
+    deployed = store.models.deployed(project_id)
+    schema = store.projects.schema(project_id)
+    if deployed is None or schema is None or not schema.label_groups:
+        why = "no deployed version to add heads to" if deployed is None else "the project has no label groups"
+        store.runs.finish(run_id, "rejected", error=f"nothing to classify: {why}")
+        return RoundOutcome(run_id, "rejected", None, error=why)
+    serving = ServingModel.of_version(deployed, settings.data_dir)
+    try:
+        served = VersionClassifier.load(serving.classifier) if serving.classifier else None
+    except ClassifierError as exc:
+        log.warning("run %d: the heads of %s do not load (%s); training new ones", run_id, deployed.name, exc)
+        served = None
+    name = checkpoint_name(project_id, run_id)
+    choice, digest = train_project_heads(settings, store, project_id, schema, served, deployed.name)
+    accuracies = ", ".join(f"{phrase} {_accuracy(group)}" for phrase, group in choice.groups.items())
+    if not choice.improved:
+        decision = f"no head beat what {deployed.name} serves (val accuracy: {accuracies})"
+        store.runs.finish(run_id, "rejected", error=decision)
+        log.info("run %d: %s; serving unchanged", run_id, decision)
+        return RoundOutcome(run_id, "rejected", None, error=decision)
+    decision = f"new heads for {', '.join(choice.improved)} on the weights of {deployed.name} (val accuracy: " \
+               f"{accuracies})"
+    metrics = {**(deployed.metrics or {}), "classifier": save_version_heads(settings, name, choice, digest),
+               "classifier_only": True, "decision": decision}
+    store.models.add(name, deployed.path, project_id=project_id, parent=deployed.name, status="deployed",
+                     metrics=metrics)
+    store.runs.finish(run_id, "succeeded", model_version=name)
+    log.info("run %d: %s; deployed as %s", run_id, decision, name)
+    return RoundOutcome(run_id, "succeeded", name)
+
+
+def _accuracy(group: dict) -> str:
+    return "-" if group.get("val_accuracy") is None else f"{group['val_accuracy']:.2f}"
 
 
 def _write_manifest(settings: Settings, store: Store, project_id: int, dataset: Dataset, staging: Path,

@@ -2,7 +2,8 @@
 
 Rounds are asked for by the START_TRAINING webhook, by ``groundloop train``, and by the schedule here: a
 project gets a round when at least ``train_min_new_annotations`` annotations arrived or changed since its
-last round and ``train_min_interval_minutes`` passed. Claiming a round takes a lease in the database, so
+last round and ``train_min_interval_minutes`` passed; a project with label groups gets a classifier round (its
+heads alone, in seconds) after ``classifier_min_new_annotations`` between them. Claiming a round takes a lease in the database, so
 any number of workers can run and still never train one project twice at once.
 
 After a round deployed a new version, the worker predicts the project's unlabeled tasks with it and hands the
@@ -27,7 +28,7 @@ from active_learning.serving.publish import publish_to_label_studio
 from active_learning.settings import Settings
 from active_learning.store import Store
 from active_learning.store.tables import utcnow
-from active_learning.training.rounds import MEASURE, RoundOutcome, run_round
+from active_learning.training.rounds import CLASSIFY, MEASURE, RoundOutcome, run_round
 from model.training import EpochResult
 
 log = logging.getLogger(__name__)
@@ -46,19 +47,33 @@ class Worker:
         queued = []
         for project_id in self.store.projects.ids():
             runs = self.store.runs.of_project(project_id)
-            trained = [r for r in runs if r.trigger != MEASURE]
+            trained = [r for r in runs if r.trigger not in (MEASURE, CLASSIFY)]
             last = trained[0].requested_at if trained else None
-            if last is not None and utcnow() - last < timedelta(minutes=self.settings.train_min_interval_minutes):
-                continue
-            fresh = self.store.annotations.count(project_id, since=last)
-            if fresh >= self.settings.train_min_new_annotations:
-                log.info("project %d: %d new or changed annotations since the last round: queueing one",
-                         project_id, fresh)
-                queued.append(self.store.runs.request(project_id, "schedule"))
-            elif self._due_for_measuring(project_id, runs, fresh if last is None else None):
-                log.info("project %d: measuring the starting model on its first labeled images", project_id)
-                queued.append(self.store.runs.request(project_id, MEASURE))
+            if last is None or utcnow() - last >= timedelta(minutes=self.settings.train_min_interval_minutes):
+                fresh = self.store.annotations.count(project_id, since=last)
+                if fresh >= self.settings.train_min_new_annotations:
+                    log.info("project %d: %d new or changed annotations since the last round: queueing one",
+                             project_id, fresh)
+                    queued.append(self.store.runs.request(project_id, "schedule"))
+                    continue
+                if self._due_for_measuring(project_id, runs, fresh if last is None else None):
+                    log.info("project %d: measuring the starting model on its first labeled images", project_id)
+                    queued.append(self.store.runs.request(project_id, MEASURE))
+                    continue
+            if self._due_for_classifier(project_id, runs):
+                log.info("project %d: new labels of label groups: retraining the classifier heads", project_id)
+                queued.append(self.store.runs.request(project_id, CLASSIFY))
         return queued
+
+    def _due_for_classifier(self, project_id: int, runs: list) -> bool:
+        """Enough annotations since the project's last round of any kind, label groups, and a deployed version."""
+        if not self.settings.classifier_min_new_annotations or self.store.models.deployed(project_id) is None:
+            return False
+        schema = self.store.projects.schema(project_id)
+        if schema is None or not schema.label_groups:
+            return False
+        since = runs[0].requested_at if runs else None
+        return self.store.annotations.count(project_id, since=since) >= self.settings.classifier_min_new_annotations
 
     def _due_for_measuring(self, project_id: int, runs: list, labeled: int | None) -> bool:
         if not self.settings.measure_min_annotations or any(r.trigger == MEASURE for r in runs):

@@ -5,9 +5,10 @@ and ``media_url`` fixtures (tests/support/training_fixtures.py)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 from active_learning.settings import Settings
+from model.prompts import ClassSpec
 from model.synthetic import SHAPE_CLASSES
 
 PROJECT = 7
@@ -21,8 +22,10 @@ TOKEN = "test-token"
 
 
 def annotation_webhook(ls_request: Callable[[str], dict], index: int, sample, *, annotation_id: int | None = None,
-                       action: str = "ANNOTATION_CREATED") -> dict:
-    """The body Label Studio posts when an annotator submits ``sample``'s true boxes for task ``index + 1``."""
+                       action: str = "ANNOTATION_CREATED", labels: Sequence[ClassSpec] = SHAPE_CLASSES,
+                       label_config: str = LABEL_CONFIG) -> dict:
+    """The body Label Studio posts when an annotator submits ``sample``'s true boxes for task ``index + 1``
+    (``class_id`` indexing ``labels``) in a project with ``label_config``."""
     body = ls_request("webhook_annotation_created")
     body["action"] = action
     width, height = sample.image.size
@@ -33,12 +36,12 @@ def annotation_webhook(ls_request: Callable[[str], dict], index: int, sample, *,
             "original_width": width, "original_height": height, "image_rotation": 0,
             "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
                       "height": 100 * (y2 - y1) / height, "rotation": 0,
-                      "rectanglelabels": [SHAPE_CLASSES[int(class_id)].name]},
+                      "rectanglelabels": [labels[int(class_id)].name]},
         })
     task_id = index + 1
     body["annotation"].update(id=annotation_id or 1000 + task_id, task=task_id, project=PROJECT, result=result)
     body["task"].update(id=task_id, project=PROJECT, data={"image": f"/data/upload/{PROJECT}/{index}.png"})
-    body["project"].update(id=PROJECT, label_config=LABEL_CONFIG)
+    body["project"].update(id=PROJECT, label_config=label_config)
     return body
 
 
