@@ -259,19 +259,25 @@ def test_the_segmenter_model_types_are_the_box_promptable_image_models_transform
 
 @pytest.mark.slow  # a copy (loads and saves the model), then the real server
 def test_copy_models_from_a_directory_writes_one_that_serve_loads(tmp_path, small_model_dir, model_version,
-                                                                  small_segmenter_dir, segmenter):
+                                                                  small_segmenter_dir, segmenter, small_encoder_dir):
     from model import Segmenter
+    from model.sources import CLASSIFIER
 
     code, out, err, _ = run(["copy-models", "--to", str(tmp_path / "models"), "--model", str(small_model_dir),
-                             "--segmenter", str(small_segmenter_dir), "--data-dir", str(tmp_path / "data")],
+                             "--segmenter", str(small_segmenter_dir), "--classifier-backbone", str(small_encoder_dir),
+                             "--data-dir", str(tmp_path / "data")],
                             hub_env(tmp_path, unreachable_hub()))
     assert code == 0, err
-    copy, segmenter_copy = tmp_path / "models" / small_model_dir.name, tmp_path / "models" / small_segmenter_dir.name
-    assert f"groundloop serve --model {copy} --segmenter {segmenter_copy}\n" in out
+    models = tmp_path / "models"
+    copy, segmenter_copy = models / small_model_dir.name, models / small_segmenter_dir.name
+    encoder_copy = models / small_encoder_dir.name
+    assert f"groundloop serve --model {copy} --segmenter {segmenter_copy} --classifier-backbone {encoder_copy}\n" in out
     assert f"GROUNDLOOP_MODEL={copy} GROUNDLOOP_SEGMENTER={segmenter_copy} " in out
     # no partial left beside them
-    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([small_model_dir.name, small_segmenter_dir.name])
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        [small_model_dir.name, small_segmenter_dir.name, small_encoder_dir.name])
     assert Segmenter.load(segmenter_copy, device="cpu").version_digest == segmenter.version_digest
+    check_model_source(encoder_copy, CLASSIFIER)
     with groundloop_serve(tmp_path, "--no-worker", "--model", str(copy)) as server:
         assert server.model_version == model_version  # the same name and the same weights as the source
 
@@ -283,7 +289,7 @@ def test_copy_models_from_the_hub_cache_writes_a_directory_with_the_same_weights
     cache = hub_cache(tmp_path / "cache", "someone/tiny-gd", small_model_dir)
     env = hub_env(tmp_path, unreachable_hub(), offline=True, cache=cache)
     code, out, err, _ = run(["copy-models", "--to", str(tmp_path / "models"), "--model", "someone/tiny-gd",
-                             "--skip", "segmenter", "--data-dir", str(tmp_path / "data")], env)
+                             "--skip", "segmenter", "--skip", "classifier", "--data-dir", str(tmp_path / "data")], env)
     assert code == 0, err
     copy = tmp_path / "models" / "tiny-gd"
     assert f"groundloop serve --model {copy}\n" in out
