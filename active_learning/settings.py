@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from active_learning.video.config import TrackingSettings
 from model.config import EVAL_SETTINGS, DetectionSettings, TrainingConfig
 
 if TYPE_CHECKING:
@@ -60,6 +61,18 @@ class Settings:
     pixels of the original image (besides the whole image); 0: off. A control's ``slice_size`` attribute wins."""
     slice_overlap: float = DetectionSettings.slice_overlap
     """Share of a tile's side that neighbouring tiles overlap, in [0, 1)."""
+    video_stride: int = TrackingSettings.stride
+    """Videos: detect every ``video_stride``-th frame (Label Studio's frames); Label Studio interpolates between."""
+    video_lost_seconds: float = TrackingSettings.lost_seconds
+    """Videos: how long a track may go unmatched and still continue when its object is found again."""
+    video_min_keyframes: int = TrackingSettings.min_keyframes
+    """Videos: tracks matched in fewer detected frames are dropped (flickers)."""
+    video_match_iou: float = TrackingSettings.match_iou
+    """Videos: IoU a detection needs with a track's predicted box to continue it (ByteTrack)."""
+    video_max_frames: int = TrackingSettings.max_frames
+    """Videos: frames detected per video at most; a longer video is detected at a larger stride."""
+    video_train_frames: int = 32
+    """Videos: training images per annotated video at most (frames along its tracks, every ``video_stride``-th)."""
     loaded_models: int = 3
     """Model versions a server process keeps in memory (serving different projects); least recently used go."""
 
@@ -73,6 +86,10 @@ class Settings:
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     image_timeout: float = 10.0
+    max_video_bytes: int = 2 * 1024**3
+    """Videos larger than this are refused; a video is streamed to disk (``video_cache_dir``), never held in memory."""
+    video_timeout: float = 600.0
+    """Seconds for one video download (connect and read)."""
 
     # --- server --------------------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -177,6 +194,16 @@ class Settings:
             image_size=self.image_size, slice_size=self.slice_size if slice_size is None else slice_size,
             slice_overlap=self.slice_overlap,
         )
+
+    @property
+    def video_cache_dir(self) -> Path:
+        return self.data_dir / "videos"
+
+    def tracking_settings(self) -> TrackingSettings:
+        """How videos are sampled and tracked when serving."""
+        return TrackingSettings(stride=self.video_stride, lost_seconds=self.video_lost_seconds,
+                                min_keyframes=self.video_min_keyframes, match_iou=self.video_match_iou,
+                                max_frames=self.video_max_frames)
 
     def evaluation_settings(self) -> DetectionSettings:
         """Detection for mAP: every candidate down to a low score counts (mAP ranks them), the rest as served."""

@@ -45,6 +45,7 @@ from active_learning.serving.interactive import SmartPrompt, smart_prompt
 from active_learning.serving.jobs import Job, PromptError, project_job
 from active_learning.serving.pool import LoadedModel, ModelPool
 from active_learning.serving.predict import PredictionError, predict_smart_prompt, predict_task, stored_prediction
+from active_learning.video.tracking import OverBudget
 from active_learning.settings import Settings
 from active_learning.store import Store
 from backend.backfill import Backfill
@@ -174,8 +175,12 @@ class Predictor:
                     skipped.append(task)
                     results.append(NO_PREDICTION)
                 else:
-                    results.append(predict_task(model, self.fetcher, self.store, task, job))
+                    results.append(predict_task(model, self.fetcher, self.store, task, job, deadline))
                     self.metrics.count("predictions")
+            except OverBudget as exc:  # a video longer than the budget left: finished in the background
+                log.info("task %s: %s", task.get("id"), exc)
+                skipped.append(task)
+                results.append(NO_PREDICTION)
             except PredictionError as exc:
                 log.warning("task %s: %s; no prediction", task.get("id"), exc)
                 self.metrics.count("failures")

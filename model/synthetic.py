@@ -47,13 +47,7 @@ def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) 
             continue
         class_id = rng.randrange(len(SHAPE_CLASSES))
         name = SHAPE_CLASSES[class_id].name
-        colour = _COLOURS[name]
-        if name == "red square":
-            draw.rectangle(box, fill=colour)
-        elif name == "blue circle":
-            draw.ellipse(box, fill=colour)
-        else:
-            draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=colour)
+        _draw_shape(draw, name, box)
         boxes.append(box)
         class_ids.append(class_id)
     targets = sv.Detections(xyxy=np.array(boxes, dtype=float).reshape(-1, 4), class_id=np.array(class_ids, dtype=int))
@@ -63,6 +57,51 @@ def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) 
 def make_shapes_dataset(count: int, seed: int = 0, size: int = 128) -> list[SyntheticImage]:
     rng = random.Random(seed)
     return [make_shapes_image(rng, size) for _ in range(count)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[int, int, int, int]) -> None:
+    colour = _COLOURS[name]
+    if name == "red square":
+        draw.rectangle(box, fill=colour)
+    elif name == "blue circle":
+        draw.ellipse(box, fill=colour)
+    else:
+        draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=colour)
+
+
+def write_shapes_video(path, frames: int = 48, fps: float = 24.0, width: int = 320, height: int = 240,
+                       seed: int = 0) -> list[sv.Detections]:
+    """A video file of shapes moving on known paths over a fixed noisy background: a red square left to right, a
+    blue circle top to bottom, both all the way, and a green triangle in the first half only (MPEG-4 Part 2 for
+    ``.mp4``, else Motion JPEG: codecs every OpenCV build writes). Returns the true boxes of each of the file's frames
+    (``class_id`` indexes ``SHAPE_CLASSES``)."""
+    import cv2
+
+    background = np.random.default_rng(seed).integers(90, 160, (height, width, 3), dtype=np.uint8)
+    side = min(width, height) // 5
+    codec = "mp4v" if str(path).endswith(".mp4") else "MJPG"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path}")
+    truth = []
+    try:
+        for n in range(frames):
+            t = n / max(frames - 1, 1)
+            shapes = [(0, (round(t * (width - side - 1)), height // 8)),
+                      (1, (width - side - width // 8, round(t * (height - side - 1))))]
+            if n < frames // 2:
+                shapes.append((2, (width // 3, height - side - 4 - round(t * height / 4))))
+            image = Image.fromarray(background.copy(), "RGB")
+            draw = ImageDraw.Draw(image)
+            boxes = [(x, y, x + side, y + side) for _, (x, y) in shapes]
+            for (class_id, _), box in zip(shapes, boxes):
+                _draw_shape(draw, SHAPE_CLASSES[class_id].name, box)
+            writer.write(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR))
+            truth.append(sv.Detections(xyxy=np.array(boxes, dtype=float),
+                                       class_id=np.array([c for c, _ in shapes], dtype=int)))
+    finally:
+        writer.release()
+    return truth
 
 
 TEAM_PHRASE = "square"

@@ -58,11 +58,18 @@ class ImageCache:
         return self.root / "urls" / hashlib.sha256(url.encode()).hexdigest()
 
 
-def cache_task_image(store: Store, cache: ImageCache, task_id: int) -> FetchedImage:
-    """Cache one task's image and note its hash and size on the task (call it after an annotation arrives)."""
+def cache_task_image(store: Store, cache: ImageCache, task_id: int) -> FetchedImage | None:
+    """Cache one task's image and note its hash and size on the task (call it after an annotation arrives); the
+    video of a video project's task goes to the video cache instead (None)."""
     task = store.tasks.get(task_id)
     if task is None or not task.image_url:
         raise ImageError(f"task {task_id} has no image URL in the store")
+    schema = store.projects.schema(task.project_id)
+    if schema is not None and schema.is_video:
+        from active_learning.video.cache import VideoCache
+
+        VideoCache(cache.settings, cache.fetcher).path(task.image_url)
+        return None
     fetched = cache.get(task.image_url)
     store.tasks.record_image(task_id, fetched.sha256, fetched.width, fetched.height)
     return fetched
@@ -71,6 +78,9 @@ def cache_task_image(store: Store, cache: ImageCache, task_id: int) -> FetchedIm
 def cache_labeled_images(store: Store, cache: ImageCache, project_id: int) -> list[str]:
     """Cache the images of the project's labeled tasks not cached yet; returns one error line per failure."""
     errors = []
+    schema = store.projects.schema(project_id)
+    if schema is not None and schema.is_video:
+        return []  # a video task's video is cached (and its errors reported) when its frames are read
     for task in store.tasks.labeled(project_id):
         if task.image_sha256 and cache.path_for(task.image_sha256).exists():
             continue

@@ -32,6 +32,8 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 from urllib.parse import urljoin
 
 import requests
@@ -74,18 +76,34 @@ class ImageFetcher:
 
     def download(self, url: str) -> bytes:
         """The raw bytes behind ``url``, with the URL, host, address, redirect, size and time rules applied."""
+        body = bytearray()
+        self._download(url, body.extend, self.settings.max_image_bytes, self.settings.image_timeout, "image")
+        return bytes(body)
+
+    def download_to(self, url: str, path: Path) -> int:
+        """Stream the video behind ``url`` into the file ``path`` (never held in memory), with the same rules and
+        ``max_video_bytes`` / ``video_timeout``; returns the bytes written. On failure ``path`` is removed."""
+        try:
+            with open(path, "wb") as out:
+                return self._download(url, out.write, self.settings.max_video_bytes, self.settings.video_timeout,
+                                      "video")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def _download(self, url: str, sink: Callable[[bytes], object], cap: int, timeout: float, what: str) -> int:
         if not isinstance(url, str) or not url.strip():
-            raise ImageError("image URL is empty")
-        deadline = Deadline(self.settings.image_timeout)
+            raise ImageError(f"{what} URL is empty")
+        deadline = Deadline(timeout)
         adapter = GuardedAdapter()  # one per download: no connection, and no deadline, outlives it
         try:
             with active_download(self.policy, deadline):
-                return self._follow(adapter, self._absolute(url), url, deadline)
+                return self._follow(adapter, self._absolute(url), url, deadline, _Body(sink, cap, what))
         finally:
             adapter.close()
             deadline.close()
 
-    def _follow(self, adapter: GuardedAdapter, target: str, url: str, deadline: Deadline) -> bytes:
+    def _follow(self, adapter: GuardedAdapter, target: str, url: str, deadline: Deadline, body: "_Body") -> int:
         """Each hop is checked by the policy; the key goes only to hops on Label Studio's origin."""
         for _ in range(MAX_REDIRECTS + 1):
             response = self._get(adapter, self.policy.check(target), url, deadline)
@@ -95,9 +113,9 @@ class ImageFetcher:
                 continue
             with response:
                 if response.status_code != 200:
-                    raise ImageError(f"image {quoted(url)}: HTTP {response.status_code}")
-                return self._read(response, url, deadline)
-        raise ImageError(f"image {quoted(url)}: more than {MAX_REDIRECTS} redirects")
+                    raise ImageError(f"{body.what} {quoted(url)}: HTTP {response.status_code}")
+                return self._read(response, url, deadline, body)
+        raise ImageError(f"{body.what} {quoted(url)}: more than {MAX_REDIRECTS} redirects")
 
     def _absolute(self, url: str) -> str:
         if url.startswith("/") and not url.startswith("//"):
@@ -125,28 +143,38 @@ class ImageFetcher:
                 raise ImageError(f"image {quoted(url)}: no answer within {deadline.seconds:g} s") from None
             raise ImageError(f"image {quoted(url)}: cannot connect ({type(exc).__name__})") from None
 
-    def _read(self, response: requests.Response, url: str, deadline: Deadline) -> bytes:
+    def _read(self, response: requests.Response, url: str, deadline: Deadline, body: "_Body") -> int:
         """The body, chunk by chunk: the byte cap as bytes arrive, the deadline by the watchdog and per chunk."""
-        cap = self.settings.max_image_bytes
+        cap, what = body.cap, body.what
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > cap:
-            raise ImageError(f"image {quoted(url)} is {int(declared)} bytes, more than the {cap}-byte limit")
-        too_slow = ImageError(f"image {quoted(url)}: download took more than {deadline.seconds:g} s")
-        body = bytearray()
+            raise ImageError(f"{what} {quoted(url)} is {int(declared)} bytes, more than the {cap}-byte limit")
+        too_slow = ImageError(f"{what} {quoted(url)}: download took more than {deadline.seconds:g} s")
+        size = 0
         try:
             for chunk in response.iter_content(CHUNK_BYTES):
-                body += chunk
-                if len(body) > cap:
-                    raise ImageError(f"image {quoted(url)} is more than the {cap}-byte limit")
+                size += len(chunk)
+                if size > cap:
+                    raise ImageError(f"{what} {quoted(url)} is more than the {cap}-byte limit")
+                body.sink(chunk)
                 if deadline.expired:
                     raise too_slow
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             if deadline.expired:
                 raise too_slow from None
-            raise ImageError(f"image {quoted(url)}: download failed ({type(exc).__name__})") from None
+            raise ImageError(f"{what} {quoted(url)}: download failed ({type(exc).__name__})") from None
         if deadline.expired:  # the watchdog's shutdown can look like the end of an undeclared body
             raise too_slow
-        return bytes(body)
+        return size
+
+
+@dataclass(frozen=True)
+class _Body:
+    """Where a download's bytes go, how many may come, and what to call the thing in messages."""
+
+    sink: Callable[[bytes], object]
+    cap: int
+    what: str
 
 
 def _redirect_target(response: requests.Response, url: str) -> str:

@@ -15,6 +15,13 @@ model look for other phrases and still answer "car"; ``model_score_threshold="0.
 box threshold for that control. groundloop's own: ``slice_size="640"`` on the control tag turns on sliced inference
 (tiles of 640 px, for small objects in large images; ``DetectionSettings.slice_size``) for the project.
 
+Video: ``<Video name="video" value="$video" frameRate="25"/>`` with ``<VideoRectangle name="box" toName="video"/>``
+and a ``<Labels>`` on the same video is a video project: each ``<VideoRectangle>`` is a control of kind
+``VIDEO_BOXES`` whose labels are those of the ``<Labels>`` on its video, and the schema's ``framerate`` is Label
+Studio's frame rate for it (``frameRate``, default 24: Label Studio never reads the file's own rate, so frame
+numbers are counted at this rate; ``active_learning.video.frames.FrameClock``). Its tracks are predicted by
+``active_learning.video.tracking``.
+
 Labels language cannot name: labels that share a ``predicted_values`` phrase (``<Label value="Alice"
 predicted_values="human face"/>`` and ``<Label value="Bob" predicted_values="human face"/>``) form a
 ``LabelGroup``. The detector looks for the shared phrase once, as one class named after it (the labels' own names
@@ -24,6 +31,7 @@ classifier (``model.classifier``) then tells the group's labels apart on each bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable
@@ -51,7 +59,10 @@ BOXES = "rectanglelabels"
 BRUSH = "brushlabels"
 POLYGON = "polygonlabels"
 KEYPOINTS = "keypointlabels"
+VIDEO_BOXES = "videorectangle"
 MASK_KINDS = (BRUSH, POLYGON)
+DEFAULT_FRAMERATE = 24.0
+"""Label Studio's frame rate for a ``<Video>`` without ``frameRate``, whatever the file's own."""
 """Label Studio's region types (``type`` of a result item, the control tag lowercased) groundloop answers."""
 
 
@@ -63,7 +74,7 @@ class LabelsControl:
     score_threshold: float | None = None
     """``model_score_threshold`` on the control tag, if set."""
     kind: str = BOXES
-    """``BOXES``, ``BRUSH`` or ``POLYGON``: the type of the regions it gets."""
+    """``BOXES``, ``BRUSH``, ``POLYGON`` or ``VIDEO_BOXES``: the type of the regions it gets."""
     slice_size: int | None = None
     """``slice_size`` on the control tag, if set: sliced inference with tiles of this many pixels (0: off)."""
 
@@ -112,12 +123,18 @@ class LabelGroup:
 @dataclass(frozen=True)
 class ProjectSchema:
     image_name: str
-    """The ``<Image>`` tag every labels control draws on: Label Studio's ``to_name``."""
+    """The ``<Image>`` (or ``<Video>``) tag every labels control draws on: Label Studio's ``to_name``."""
     image_key: str
-    """Key in ``task["data"]`` holding the image URL (``$image`` -> ``image``)."""
+    """Key in ``task["data"]`` holding the image (or video) URL (``$image`` -> ``image``)."""
     controls: tuple[LabelsControl, ...]
     prompt_control: PromptControl | None = None
     smart_tools: tuple[SmartTool, ...] = ()
+    framerate: float | None = None
+    """A video project's frame rate as Label Studio counts frames (``<Video frameRate>``); None for images."""
+
+    @property
+    def is_video(self) -> bool:
+        return self.framerate is not None
 
     def control(self, name: str | None = None) -> LabelsControl:
         """The control called ``name``; the first one when ``name`` is None."""
@@ -204,6 +221,12 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
     except Exception as exc:  # the SDK raises lxml, pydantic and its own errors alike
         raise LabelConfigError(f"label config cannot be parsed: {_one_line(exc)}") from None
 
+    videos = {tag.name: tag for tag in interface.objects or [] if tag.tag.lower() == "video"}
+    if any(control.tag.lower() == VIDEO_BOXES for control in interface.controls or []):
+        if any(control.tag.lower() in (BOXES, *MASK_KINDS) for control in interface.controls or []):
+            raise LabelConfigError("the label config draws on an image and on a video: groundloop pre-annotates one "
+                                   "image or one video per task")
+        return _video_schema(interface, videos)
     images = {tag.name: tag for tag in interface.objects or [] if tag.tag.lower() == "image"}
     drawing, prompt = [], None
     for control in interface.controls or []:
@@ -229,15 +252,67 @@ def parse_label_config(xml: str) -> ProjectSchema | None:
         return None
     if not image.value_is_variable:
         raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<task field>", not {image.value!r}')
-    phrases = sum(1 + len(spec.aliases) for control in controls for spec in control.classes)
-    if phrases > MAX_PHRASES:
-        raise LabelConfigError(f"the label config asks for {phrases} labels and aliases, more than the {MAX_PHRASES} "
-                               "groundloop detects per image")
+    _check_phrases(controls)
     on_image = prompt is not None and image.name in (prompt.to_name or [])
     schema = ProjectSchema(image_name=image.name, image_key=image.value_name, controls=tuple(controls),
                            prompt_control=PromptControl(prompt.name) if on_image else None, smart_tools=tuple(tools))
     schema.label_groups  # a phrase shared by labels that is also a label's name raises here, not at the first job
     return schema
+
+
+def _video_schema(interface: LabelInterface, videos: dict) -> ProjectSchema:
+    """Each ``<VideoRectangle>`` with the labels of the ``<Labels>`` on its ``<Video>``; one video per task."""
+    controls, video = [], None
+    for control in interface.controls or []:
+        if control.tag.lower() != VIDEO_BOXES:
+            continue
+        on = next((videos[name] for name in control.to_name or [] if name in videos), None)
+        if on is None:
+            raise LabelConfigError(f'<VideoRectangle name="{control.name}"> has toName={control.to_name} but no '
+                                   "such <Video>")
+        if video is not None and on.name != video.name:
+            raise LabelConfigError(f'<VideoRectangle name="{control.name}"> draws on <Video name="{on.name}">, but '
+                                   f'"{controls[0].name}" on <Video name="{video.name}">: groundloop pre-annotates '
+                                   "one video per task")
+        video = on
+        labels = [c for c in interface.controls if c.tag.lower() == "labels" and on.name in (c.to_name or [])]
+        if not labels:
+            raise LabelConfigError(f'<VideoRectangle name="{control.name}"> needs a <Labels toName="{on.name}"> with '
+                                   "the labels of its boxes")
+        classes = [spec for tag in labels for spec in _labels_control(tag, VIDEO_BOXES).classes]
+        controls.append(LabelsControl(name=control.name, classes=tuple(dict.fromkeys(classes)),
+                                      score_threshold=_threshold(control), kind=VIDEO_BOXES))
+    if not video.value_is_variable:
+        raise LabelConfigError(f'<Video name="{video.name}"> needs value="$<task field>", not {video.value!r}')
+    _check_phrases(controls)
+    schema = ProjectSchema(image_name=video.name, image_key=video.value_name, controls=tuple(controls),
+                           framerate=_framerate(video))
+    if schema.label_groups:
+        raise LabelConfigError("labels sharing a predicted_values phrase (custom labels) are for images; a video "
+                               "project's labels each need a phrase of their own")
+    return schema
+
+
+def _framerate(video) -> float:
+    attributes = {key.lower(): value for key, value in video.attr.items()}
+    raw = attributes.get("framerate")
+    if raw is None or str(raw).strip() == "":
+        return DEFAULT_FRAMERATE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise LabelConfigError(f'frameRate="{raw}" on <Video name="{video.name}">: a number of frames per second '
+                               "above 0, up to 1000")
+    return value
+
+
+def _check_phrases(controls: list[LabelsControl]) -> None:
+    phrases = sum(1 + len(spec.aliases) for control in controls for spec in control.classes)
+    if phrases > MAX_PHRASES:
+        raise LabelConfigError(f"the label config asks for {phrases} labels and aliases, more than the {MAX_PHRASES} "
+                               "groundloop detects per image")
 
 
 def label_config_for(classes: Iterable[ClassSpec]) -> str:

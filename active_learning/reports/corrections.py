@@ -33,6 +33,11 @@ predicted on such images, the loss is unbounded in relative terms; ``seconds_wit
 deleting them cost), and nothing divides by zero. A relabeled box that was also redrawn is charged the relabel
 alone, so the estimate errs towards the model.
 
+**Video.** In a video project the items are tracks (``videorectangle`` regions), paired the same way on a track
+IoU: the mean, over every frame where either track is shown (Label Studio's interpolation of its keyframes),
+of the two boxes' IoU (0 where only one is shown). A kept track needed no change, a moved one was adjusted (its
+keyframes moved, or its span cut or extended), a deleted one matched no object and an added one was drawn.
+
 The prediction an annotation started from is ``annotation.prediction`` when Label Studio sent one, else the
 newest prediction we served for its task with the project's model version, served before the annotation
 was created. Skipped and deleted annotations are left out.
@@ -51,6 +56,7 @@ from scipy.optimize import linear_sum_assignment
 from active_learning.labelstudio.regions import boxes_from_result
 
 if TYPE_CHECKING:
+    from active_learning.labelstudio.video_regions import VideoTrack
     from active_learning.settings import Settings
     from active_learning.store import Store
     from active_learning.store.tables import Annotation
@@ -169,12 +175,26 @@ def compare_boxes(predicted: Sequence[dict[str, Any]], final: Sequence[dict[str,
     """Classify the change from ``predicted`` to ``final`` boxes (``{"label", "box": [x1, y1, x2, y2]}``, and
     ``"mask"``, a COCO RLE, for masks): paired by mask IoU when every item on both sides has a mask of one size,
     else by box IoU."""
+    if not predicted or not final:
+        iou = np.zeros((len(predicted), len(final)))
+    else:
+        iou = _mask_iou(predicted, final) if _all_masks(predicted, final) else _box_iou(predicted, final)
+    return _paired([p["label"] for p in predicted], [f["label"] for f in final], iou)
+
+
+def compare_tracks(predicted: Sequence["VideoTrack"], final: Sequence["VideoTrack"]) -> BoxChanges:
+    """``compare_boxes`` for the tracks of a video, on their track IoU (see the module docstring)."""
+    iou = np.array([[_track_iou(p, f) for f in final] for p in predicted], dtype=float)
+    return _paired([p.label for p in predicted], [f.label for f in final], iou.reshape(len(predicted), len(final)))
+
+
+def _paired(predicted: list[str], final: list[str], iou: np.ndarray) -> BoxChanges:
+    """The one-to-one pairing of predicted and final items by ``iou`` (labels given), classified."""
     changes = BoxChanges(predicted=len(predicted), final=len(final))
     if not predicted or not final:
         changes.deleted, changes.added = len(predicted), len(final)
         return changes
-    iou = _mask_iou(predicted, final) if _all_masks(predicted, final) else _box_iou(predicted, final)
-    same = np.array([[p["label"] == f["label"] for f in final] for p in predicted])
+    same = np.array([[p == f for f in final] for p in predicted])
     # The same-label bonus (< any IoU difference that matters) breaks near-ties towards correct pairs.
     score = np.where(iou >= MATCH_IOU, iou + same.astype(float), 0.0)
     rows, cols = linear_sum_assignment(score, maximize=True)
@@ -216,17 +236,14 @@ def correction_stats(store: "Store", project_id: int,
         if start is None:
             continue
         version, result = start
-        task = store.tasks.get(annotation.task_id)
-        size = (task.width, task.height) if task and task.width and task.height else None
         try:
-            predicted, _ = boxes_from_result(result, "prediction.result", size)
+            by_control = _video_changes(result, annotation.result) if schema and schema.is_video else \
+                _image_changes(store, annotation, result, schema)
         except ValueError:
             continue  # a prediction we cannot place in pixels says nothing about corrections
         summary = summaries.setdefault(version, CorrectionSummary(version, costs=costs))
         changes = BoxChanges()
-        final = schema.label_boxes(annotation.boxes) if schema else annotation.boxes  # smart tools' are prompts
-        predicted = schema.label_boxes(predicted) if schema else predicted
-        for control, counted in compare_by_control(predicted, final).items():
+        for control, counted in by_control.items():
             changes += counted
             summary.by_control.setdefault(control, BoxChanges())
             summary.by_control[control] += counted
@@ -234,6 +251,41 @@ def correction_stats(store: "Store", project_id: int,
         summary.unchanged_annotations += changes.unchanged
         summary.changes += changes
     return summaries
+
+
+def _image_changes(store: "Store", annotation: "Annotation", result: list, schema) -> dict[str, BoxChanges]:
+    task = store.tasks.get(annotation.task_id)
+    size = (task.width, task.height) if task and task.width and task.height else None
+    predicted, _ = boxes_from_result(result, "prediction.result", size)
+    final = schema.label_boxes(annotation.boxes) if schema else annotation.boxes  # smart tools' are prompts
+    predicted = schema.label_boxes(predicted) if schema else predicted
+    return compare_by_control(predicted, final)
+
+
+def _video_changes(result: list, final_result: list) -> dict[str, BoxChanges]:
+    """Track changes per control; coordinates stay in percent (a frame of 100 x 100: IoU does not change)."""
+    from active_learning.labelstudio.video_regions import tracks_from_result
+
+    predicted = tracks_from_result(result, 100, 100, "prediction.result")
+    final = tracks_from_result(final_result, 100, 100, "annotation.result")
+    controls = sorted({str(t.from_name) for t in (*predicted, *final)})
+    return {control: compare_tracks([t for t in predicted if str(t.from_name) == control],
+                                    [t for t in final if str(t.from_name) == control]) for control in controls}
+
+
+def _track_iou(a: "VideoTrack", b: "VideoTrack") -> float:
+    frames = sorted(set(a.frames()) | set(b.frames()))
+    if not frames:
+        return 0.0
+    both = [(a.box_at(n), b.box_at(n)) for n in frames]
+    pairs = [(p, q) for p, q in both if p is not None and q is not None]
+    if not pairs:
+        return 0.0
+    first, second = (np.array(side, dtype=float).reshape(-1, 4) for side in zip(*pairs))
+    overlap = np.clip(np.minimum(first[:, 2:], second[:, 2:]) - np.maximum(first[:, :2], second[:, :2]), 0, None)
+    inter = overlap.prod(axis=1)
+    union = (first[:, 2:] - first[:, :2]).prod(axis=1) + (second[:, 2:] - second[:, :2]).prod(axis=1) - inter
+    return float(np.where(union > 0, inter / np.where(union > 0, union, 1), 0).sum() / len(frames))
 
 
 def starting_prediction(store: "Store", annotation: "Annotation",

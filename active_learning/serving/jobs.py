@@ -26,6 +26,7 @@ from active_learning.serving.calibration import Calibration
 from active_learning.serving.labeling import fallback_labels
 from active_learning.settings import Settings
 from active_learning.store import Store
+from active_learning.video.config import TrackingSettings
 from model.config import DetectionSettings
 from model.prompts import ClassSpec
 
@@ -61,6 +62,8 @@ class Job:
     """The backbone the heads read crops with (``Settings.classifier_backbone``); None without label groups."""
     fallback_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Group phrase -> the label the annotators used most: what a group without a head serves."""
+    tracking: TrackingSettings | None = None
+    """How a video project's videos are sampled and tracked (``Settings.tracking_settings``); None for images."""
 
     def threshold(self, control: LabelsControl, label: str) -> float | None:
         """The score ``label``'s boxes must exceed on ``control`` (None: not served there). A threshold written in
@@ -121,9 +124,12 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
         fallback = {g.phrase: (fallback_labels or {}).get(g.phrase, g.labels[0]) for g in schema.label_groups}
         key_source["label_groups"] = {"groups": [[g.phrase, list(g.labels)] for g in schema.label_groups],
                                       "fallback": sorted(fallback.items()), "backbone": backbone}
+    tracking = settings.tracking_settings() if schema.is_video else None
+    if tracking is not None:  # absent for images: their keys stay as they were
+        key_source["video"] = {"framerate": schema.framerate, "tracking": dataclasses.asdict(tracking)}
     params_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Job(project_id, schema, classes, detection, thresholds, params_key, class_thresholds, abstained,
-               calibration, segmenter, classifier if schema.label_groups else None, backbone, fallback)
+               calibration, segmenter, classifier if schema.label_groups else None, backbone, fallback, tracking)
 
 
 def _detection_key(detection: DetectionSettings) -> dict:

@@ -2,7 +2,7 @@
 
 /predict (and its background completion of tasks over the time budget), the worker's publish after a
 promotion, ``groundloop predict`` on a folder and the demo all call ``predict_images``; tasks go through
-``predict_task``, which stores the prediction (``predictions``, keyed by image URL, model version and the job's
+``predict_task`` (images here, videos in ``video_predict``), which stores the prediction (``predictions``, keyed by image URL, model version and the job's
 ``params_key``), so a prediction computed by one of them is answered from the store by the others.
 
 A prediction is ``{"result": [regions], "score": s, "model_version": v}``: Label Studio's format for a
@@ -99,13 +99,25 @@ def stored_prediction(store: Store, task: dict, job: Job, model_version: str) ->
     return None if found is None else as_prediction(found["result"], found["score"], model_version)
 
 
-def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task: dict, job: Job) -> dict:
-    """Fetch the task's image, predict, store the prediction (when the task has an id) and return it.
+def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task: dict, job: Job,
+                 deadline: float | None = None) -> dict:
+    """Fetch the task's image (or video), predict, store the prediction (when the task has an id) and return it.
 
     Raises PredictionError when the image cannot be read or the detector fails on it: one odd image must not
-    cost the other tasks their predictions.
+    cost the other tasks their predictions. A video raises ``OverBudget`` once ``deadline`` (``time.monotonic()``)
+    has passed: the caller finishes it in the background.
     """
     url = image_url(task, job)
+    result, score = (_predict_video_task if job.schema.is_video else _predict_image_task)(
+        model, fetcher, url, job, deadline)
+    if isinstance(task.get("id"), int):
+        store.predictions.save(project_id=job.project_id, task_id=task["id"], image_url=url,
+                               model_version=model.version, params_key=job.params_key, result=result, score=score)
+    return as_prediction(result, score, model.version)
+
+
+def _predict_image_task(model: "LoadedModel", fetcher: ImageFetcher, url: str, job: Job,
+                        deadline: float | None) -> tuple[list[dict], float]:
     with IMAGES_AT_ONCE:
         try:
             fetched = fetcher.fetch(url)
@@ -118,11 +130,26 @@ def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
             log.exception("detection failed on %s", short_url(url))
             raise PredictionError(f"detection failed on {short_url(url)}: {type(exc).__name__}") from None
-    if isinstance(task.get("id"), int):
-        store.predictions.save(project_id=job.project_id, task_id=task["id"], image_url=url,
-                               model_version=model.version, params_key=job.params_key, result=predicted.result,
-                               score=predicted.score)
-    return predicted.as_prediction(model.version)
+    return predicted.result, predicted.score
+
+
+def _predict_video_task(model: "LoadedModel", fetcher: ImageFetcher, url: str, job: Job,
+                        deadline: float | None) -> tuple[list[dict], float]:
+    from active_learning.serving.video_predict import predict_video
+    from active_learning.video.cache import VideoCache
+    from active_learning.video.frames import VideoError
+    from active_learning.video.tracking import OverBudget
+
+    try:
+        path = VideoCache(fetcher.settings, fetcher).path(url)
+        return predict_video(model.detector, path, job, deadline)
+    except (ImageError, VideoError) as exc:
+        raise PredictionError(str(exc)) from None
+    except OverBudget:
+        raise
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
+        log.exception("tracking failed on %s", short_url(url))
+        raise PredictionError(f"tracking failed on {short_url(url)}: {type(exc).__name__}") from None
 
 
 def predict_smart_prompt(model: "LoadedModel", fetcher: ImageFetcher, task: dict, schema: "ProjectSchema",

@@ -3,7 +3,7 @@ view training needs, each task's current human boxes (``labeled``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import case, func, select, update
@@ -29,6 +29,8 @@ class LabeledTask:
     """``[{"label", "box": [x1, y1, x2, y2] in pixels, "from_name"}]``; empty means 'nothing here'."""
     data: dict[str, Any]
     """The task's ``data`` as Label Studio sent it."""
+    result: list[dict[str, Any]] = field(default_factory=list)
+    """The annotation's whole ``result``: a video's ``videorectangle`` regions are read from it."""
 
 
 class TaskRepository:
@@ -84,7 +86,7 @@ class TaskRepository:
                     labeled[task.id] = LabeledTask(
                         task_id=task.id, annotation_id=annotation.id, image_url=task.image_url or "",
                         image_sha256=task.image_sha256, width=task.width, height=task.height,
-                        boxes=annotation.boxes, data=task.data or {},
+                        boxes=annotation.boxes, data=task.data or {}, result=annotation.result or [],
                     )
         return list(labeled.values())
 

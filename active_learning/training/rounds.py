@@ -177,7 +177,7 @@ def _train_and_decide(settings: Settings, store: Store, run_id: int, project_id:
                      settings.evaluation_settings(), on_epoch_end=on_epoch_end)
     else:
         candidate = None  # trained in the other processes: the best checkpoint is loaded from disk
-        manifest = _write_manifest(settings, store, project_id, dataset, staging, serving.source, config)
+        manifest = _write_manifest(settings, dataset, staging, serving.source, config)
         result = fit_on_processes(manifest, processes, on_epoch_end)
     best = result.epochs[result.best_epoch - 1].metrics
     effort = correction_stats(store, project_id, settings.action_costs()).get(deployed_version)
@@ -264,13 +264,10 @@ def _accuracy(group: dict) -> str:
     return "-" if group.get("val_accuracy") is None else f"{group['val_accuracy']:.2f}"
 
 
-def _write_manifest(settings: Settings, store: Store, project_id: int, dataset: Dataset, staging: Path,
-                    source: str, config) -> Path:
-    """The round's data for the training processes: the cached image files of the dataset's tasks."""
-    cache = ImageCache(settings)
-    files = {t.task_id: cache.path_for(t.image_sha256) for t in store.tasks.labeled(project_id) if t.image_sha256}
-    return write_manifest(staging, dataset.classes, dataset.train, [files[t] for t in dataset.train_task_ids],
-                          dataset.validation, [files[t] for t in dataset.validation_task_ids], model=source,
+def _write_manifest(settings: Settings, dataset: Dataset, staging: Path, source: str, config) -> Path:
+    """The round's data for the training processes: the cached image files of the dataset's examples."""
+    return write_manifest(staging, dataset.classes, dataset.train, dataset.train_files,
+                          dataset.validation, dataset.validation_files, model=source,
                           device=settings.device, config=config, eval_settings=settings.evaluation_settings(),
                           max_image_pixels=settings.max_image_pixels, log_level=settings.log_level)
 

@@ -42,6 +42,16 @@ CONFIG = (
 )
 
 
+VIDEO = {"frames": 24, "fps": 12.0, "width": 96, "height": 64}
+"""The video the ``media`` fixture serves (``model.synthetic.write_shapes_video``): 2 s."""
+VIDEO_CONFIG = (
+    '<View><Video name="video" value="$video" frameRate="12"/>'
+    '<VideoRectangle name="box" toName="video"/>'
+    '<Labels name="videoLabels" toName="video"><Label value="red square"/><Label value="blue circle"/></Labels>'
+    "</View>"
+)
+
+
 @dataclass
 class Media:
     """Label Studio's media for the tests (the ``media`` fixture): any ``/data/upload/...`` path is a PNG, except
@@ -49,6 +59,7 @@ class Media:
 
     url: str
     requests: list[str] = field(default_factory=list)
+    video: bytes = b""
 
 
 def deploy_copy(settings: Settings, store: Store, model_dir: Path, project_id: int, name: str,

@@ -23,20 +23,26 @@ from active_learning.store import Store
 from backend.app import create_app
 from backend.predictor import Predictor
 from model import Detector
-from tests.support.backend import IMAGE_SIZE, MAX_DETECTIONS, TOKEN, Media
+from model.synthetic import write_shapes_video
+from tests.support.backend import IMAGE_SIZE, MAX_DETECTIONS, TOKEN, VIDEO, Media
 from tests.support.media import media_server
 
 
 @pytest.fixture(scope="session")
-def media() -> Iterator[Media]:
-    """Label Studio's media: ``/data/upload/...`` is a PNG of IMAGE_SIZE (``broken`` in the name: 404), for TOKEN."""
+def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Media]:
+    """Label Studio's media: ``/data/upload/...`` is a PNG of IMAGE_SIZE, or ``VIDEO`` (an .mp4) for a name ending in .mp4
+    (``broken`` in the name: 404), for TOKEN."""
     buffer = io.BytesIO()
     Image.new("RGB", IMAGE_SIZE, (200, 120, 40)).save(buffer, format="PNG")
     png = buffer.getvalue()
-    served = Media(url="")
+    video = tmp_path_factory.mktemp("media") / "shapes.mp4"
+    write_shapes_video(video, **VIDEO)
+    served = Media(url="", video=video.read_bytes())
 
     def lookup(path: str) -> bytes | None:
-        return png if path.startswith("/data/upload/") and "broken" not in path else None
+        if not path.startswith("/data/upload/") or "broken" in path:
+            return None
+        return served.video if path.endswith(".mp4") else png
 
     with media_server(lookup, TOKEN, seen=served.requests) as url:
         served.url = url

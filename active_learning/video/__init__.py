@@ -1,0 +1,1 @@
+"""Video projects: frames as Label Studio numbers them, the video cache, tracking."""
