@@ -89,7 +89,7 @@ class Settings:
     max_video_bytes: int = 2 * 1024**3
     """Videos larger than this are refused; a video is streamed to disk (``video_cache_dir``), never held in memory."""
     video_timeout: float = 600.0
-    """Seconds for one video download (connect and read)."""
+    """Wall-clock seconds for one video download (resolving, connecting, redirects and body), like ``image_timeout``."""
 
     # --- server --------------------------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -166,6 +166,11 @@ class Settings:
         return self.data_dir / "images"
 
     @property
+    def video_cache_dir(self) -> Path:
+        """Task videos, one file per URL (``active_learning.video.cache``): OpenCV reads a video by its path."""
+        return self.data_dir / "videos"
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
@@ -194,10 +199,6 @@ class Settings:
             image_size=self.image_size, slice_size=self.slice_size if slice_size is None else slice_size,
             slice_overlap=self.slice_overlap,
         )
-
-    @property
-    def video_cache_dir(self) -> Path:
-        return self.data_dir / "videos"
 
     def tracking_settings(self) -> TrackingSettings:
         """How videos are sampled and tracked when serving."""

@@ -22,6 +22,9 @@ every redirect hop obeys one URL policy (``UrlPolicy``) before anything is sent:
   ``max_image_bytes`` is counted as bytes arrive; ``max_image_pixels`` is checked from the header before
   decoding.
 
+Videos (``download_to``) obey the same rules with their own cap and deadline, and go to a file chunk by chunk:
+a video may be gigabytes, so its body is never held in memory.
+
 Failures raise ``ImageError`` with a one-line message fit to show a user (URLs in it quoted, escaped and
 truncated).
 """
@@ -33,7 +36,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urljoin
 
 import requests
@@ -80,13 +83,20 @@ class ImageFetcher:
         self._download(url, body.extend, self.settings.max_image_bytes, self.settings.image_timeout, "image")
         return bytes(body)
 
-    def download_to(self, url: str, path: Path) -> int:
-        """Stream the video behind ``url`` into the file ``path`` (never held in memory), with the same rules and
-        ``max_video_bytes`` / ``video_timeout``; returns the bytes written. On failure ``path`` is removed."""
+    def download_to(self, url: str, path: Path, max_bytes: int, timeout: float, what: str = "image") -> int:
+        """Stream the body behind ``url`` into the file ``path``, chunk by chunk (never held in memory), with the
+        rules of ``download`` but the cap ``max_bytes`` and the deadline ``timeout``; returns the bytes written.
+        ``what`` names the thing in messages ("video").
+
+        On any failure ``path`` is removed (this function owns it from the start), so a caller's temporary file never
+        outlives a failed download; a file that cannot be written is an ImageError too."""
         try:
             with open(path, "wb") as out:
-                return self._download(url, out.write, self.settings.max_video_bytes, self.settings.video_timeout,
-                                      "video")
+                return self._download(url, out.write, max_bytes, timeout, what)
+        except OSError as exc:  # the file's: network errors are ImageErrors by now
+            path.unlink(missing_ok=True)
+            reason = exc.strerror or type(exc).__name__
+            raise ImageError(f"{what} {quoted(url)}: cannot write it to disk ({reason})") from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -98,7 +108,7 @@ class ImageFetcher:
         adapter = GuardedAdapter()  # one per download: no connection, and no deadline, outlives it
         try:
             with active_download(self.policy, deadline):
-                return self._follow(adapter, self._absolute(url), url, deadline, _Body(sink, cap, what))
+                return self._follow(adapter, self._absolute(url, what), url, deadline, _Body(sink, cap, what))
         finally:
             adapter.close()
             deadline.close()
@@ -106,10 +116,10 @@ class ImageFetcher:
     def _follow(self, adapter: GuardedAdapter, target: str, url: str, deadline: Deadline, body: "_Body") -> int:
         """Each hop is checked by the policy; the key goes only to hops on Label Studio's origin."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._get(adapter, self.policy.check(target), url, deadline)
+            response = self._get(adapter, self.policy.check(target), url, deadline, body.what)
             if response.is_redirect:
                 response.close()
-                target = _redirect_target(response, url)
+                target = _redirect_target(response, url, body.what)
                 continue
             with response:
                 if response.status_code != 200:
@@ -117,54 +127,46 @@ class ImageFetcher:
                 return self._read(response, url, deadline, body)
         raise ImageError(f"{body.what} {quoted(url)}: more than {MAX_REDIRECTS} redirects")
 
-    def _absolute(self, url: str) -> str:
+    def _absolute(self, url: str, what: str) -> str:
         if url.startswith("/") and not url.startswith("//"):
             if self.policy.label_studio is None:
-                raise ImageError(f"image {quoted(url)} is relative to Label Studio, but LABEL_STUDIO_URL is not "
+                raise ImageError(f"{what} {quoted(url)} is relative to Label Studio, but LABEL_STUDIO_URL is not "
                                  "set to an http(s) URL")
             return self.ls_url + url
         return url
 
-    def _get(self, adapter: GuardedAdapter, target: Target, url: str, deadline: Deadline) -> requests.Response:
+    def _get(self, adapter: GuardedAdapter, target: Target, url: str, deadline: Deadline,
+             what: str) -> requests.Response:
         """One request, straight to the adapter: a Session would follow (and read) redirects, keep cookies
         (which ignore ports) and read proxies and .netrc from the environment."""
         try:
             prepared = requests.Request("GET", target.url, headers=requests.utils.default_headers()).prepare()
             if prepared.url != target.url:
-                raise ImageError(f"image {quoted(url)}: ambiguous URL (it changes when prepared)")
+                raise ImageError(f"{what} {quoted(url)}: ambiguous URL (it changes when prepared)")
             if target.label_studio and self.auth is not None:
                 self.auth(prepared)
             return adapter.send(prepared, stream=True, timeout=(deadline.remaining(), deadline.remaining()),
                                 verify=True, proxies={})
         except LabelStudioError as exc:
-            raise ImageError(f"image {quoted(url)}: {exc}") from None
+            raise ImageError(f"{what} {quoted(url)}: {exc}") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             if deadline.expired or isinstance(exc, requests.Timeout):
-                raise ImageError(f"image {quoted(url)}: no answer within {deadline.seconds:g} s") from None
-            raise ImageError(f"image {quoted(url)}: cannot connect ({type(exc).__name__})") from None
+                raise ImageError(f"{what} {quoted(url)}: no answer within {deadline.seconds:g} s") from None
+            raise ImageError(f"{what} {quoted(url)}: cannot connect ({type(exc).__name__})") from None
 
     def _read(self, response: requests.Response, url: str, deadline: Deadline, body: "_Body") -> int:
-        """The body, chunk by chunk: the byte cap as bytes arrive, the deadline by the watchdog and per chunk."""
+        """The body into its sink, chunk by chunk: the byte cap from Content-Length and as bytes arrive (before a
+        chunk over it reaches the sink). The sink's own errors (a full disk) pass through unchanged."""
         cap, what = body.cap, body.what
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > cap:
             raise ImageError(f"{what} {quoted(url)} is {int(declared)} bytes, more than the {cap}-byte limit")
-        too_slow = ImageError(f"{what} {quoted(url)}: download took more than {deadline.seconds:g} s")
         size = 0
-        try:
-            for chunk in response.iter_content(CHUNK_BYTES):
-                size += len(chunk)
-                if size > cap:
-                    raise ImageError(f"{what} {quoted(url)} is more than the {cap}-byte limit")
-                body.sink(chunk)
-                if deadline.expired:
-                    raise too_slow
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if deadline.expired:
-                raise too_slow from None
-            raise ImageError(f"{what} {quoted(url)}: download failed ({type(exc).__name__})") from None
-        if deadline.expired:  # the watchdog's shutdown can look like the end of an undeclared body
-            raise too_slow
+        for chunk in _chunks(response, url, deadline, what):
+            size += len(chunk)
+            if size > cap:
+                raise ImageError(f"{what} {quoted(url)} is more than the {cap}-byte limit")
+            body.sink(chunk)
         return size
 
 
@@ -177,13 +179,30 @@ class _Body:
     what: str
 
 
-def _redirect_target(response: requests.Response, url: str) -> str:
+def _chunks(response: requests.Response, url: str, deadline: Deadline, what: str) -> Iterator[bytes]:
+    """The body's chunks as they arrive; network errors and the deadline (the watchdog's, checked per chunk too)
+    become ImageError."""
+    too_slow = ImageError(f"{what} {quoted(url)}: download took more than {deadline.seconds:g} s")
+    try:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            yield chunk
+            if deadline.expired:
+                raise too_slow
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if deadline.expired:
+            raise too_slow from None
+        raise ImageError(f"{what} {quoted(url)}: download failed ({type(exc).__name__})") from None
+    if deadline.expired:  # the watchdog's shutdown can look like the end of an undeclared body
+        raise too_slow
+
+
+def _redirect_target(response: requests.Response, url: str, what: str) -> str:
     """The next hop, for the policy to check like any URL."""
     location = response.headers.get("Location", "")
     try:
         return urljoin(response.url, location)
     except ValueError:
-        raise ImageError(f"image {quoted(url)}: malformed redirect to {quoted(location)}") from None
+        raise ImageError(f"{what} {quoted(url)}: malformed redirect to {quoted(location)}") from None
 
 
 def decode(url: str, data: bytes, max_pixels: int) -> FetchedImage:

@@ -12,41 +12,59 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from active_learning.images.fetcher import ImageFetcher
+from active_learning.images.urls import ImageError, quoted
 from active_learning.settings import Settings
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".ogv", ".mpg", ".mpeg")
 
 
 class VideoCache:
+    """One file per video URL under ``settings.video_cache_dir``; the temporary files of downloads in progress
+    (``.tmp-*``) sit beside them, in the same directory, so the final rename is atomic."""
+
     def __init__(self, settings: Settings, fetcher: ImageFetcher | None = None):
+        self.settings = settings
         self.root = Path(settings.video_cache_dir)
         self.fetcher = fetcher or ImageFetcher(settings)
 
     def path(self, url: str) -> Path:
-        """The local file of the video at ``url``: downloaded the first time, from disk after. Raises
-        ``ImageError`` (one line, fit to show a user) when it cannot be downloaded."""
+        """The local file of the video at ``url``: downloaded the first time, from disk after (no request). Raises
+        ``ImageError`` (one line, fit to show a user) when it cannot be downloaded or stored.
+
+        Callers racing on one URL each download to their own temporary file and rename it over the same target;
+        the last rename wins with a complete file, so no one ever opens a torn one."""
         target = self.root / (hashlib.sha256(url.encode()).hexdigest() + _extension(url))
         if target.exists():
             return target
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        os.close(fd)
-        self.fetcher.download_to(url, Path(partial))  # removes the partial file when it fails
-        os.replace(partial, target)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+            os.close(fd)
+        except OSError as exc:
+            raise ImageError(f"video {quoted(url)}: the video cache cannot be written ({exc.strerror})") from None
+        # download_to removes the partial file when it fails; only the rename is ours to clean up after
+        self.fetcher.download_to(url, Path(partial), self.settings.max_video_bytes, self.settings.video_timeout,
+                                 what="video")
+        try:
+            os.replace(partial, target)
+        except OSError as exc:
+            Path(partial).unlink(missing_ok=True)
+            raise ImageError(f"video {quoted(url)}: the video cache cannot be written ({exc.strerror})") from None
         return target
 
 
 def _extension(url: str) -> str:
-    """The URL's video extension (``/data/upload/3/clip.MP4``, ``/data/local-files/?d=clip.mp4`` -> ``.mp4``), which
-    OpenCV may go by; else none."""
+    """The URL's video extension (``/data/upload/3/clip.MP4``, ``/data/local-files/?d=dir/clip.mp4`` -> ``.mp4``),
+    which OpenCV may go by; else none."""
     try:
         parts = urlsplit(url)
+        candidates = [parts.path] + [value for _, value in parse_qsl(parts.query)]
     except ValueError:
         return ""
-    for part in (parts.path, parts.query):
+    for part in candidates:
         suffix = PurePosixPath(part).suffix.lower()
         if suffix in VIDEO_EXTENSIONS:
             return suffix

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from active_learning.images import ImageCache
 from active_learning.training.dataset import build_dataset
@@ -116,3 +117,23 @@ def test_correction_statistics_count_tracks_kept_adjusted_added_and_deleted(sett
     changes = summary.changes
     assert (changes.kept, changes.moved, changes.deleted, changes.added, changes.relabeled) == (1, 1, 1, 1, 0)
     assert (changes.predicted, changes.final) == (3, 3) and summary.annotations == 2
+
+
+@pytest.mark.slow  # real fine-tuning
+def test_a_training_round_learns_from_video_annotations(settings, store):
+    from active_learning.training.worker import Worker
+
+    boxes = [frame.xyxy[0] for frame in truth()]
+    store.projects.set_label_config(5, VIDEO_CONFIG)
+    for task_id in range(1, 5):
+        annotate(store, task_id, [square_track(boxes)])
+    quick = replace(settings, epochs=1, measure_min_annotations=0, video_stride=4, video_train_frames=3)
+    store.runs.request(5, "test")
+
+    outcome = Worker(quick, store).run_once(project_id=5)
+
+    run = store.runs.get(outcome.run_id)
+    assert outcome.status in ("succeeded", "rejected"), run.error
+    assert run.train_size + run.val_size == 4 * 3  # three frames of each video
+    assert run.val_size % 3 == 0  # whole videos validate
+    assert store.models.get(outcome.model_version).metrics["val"]["per_class_ap"].keys() >= {"red square"}
