@@ -18,14 +18,14 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(items: Iterable[T], what: str, unit: str, every: int = 50) -> Iterator[T]:
-    """Yield ``items``, showing how far along they are."""
+def progress(items: Iterable[T], what: str, unit: str, every: int = 50, total: int | None = None) -> Iterator[T]:
+    """Yield ``items``, showing how far along they are (of ``total``, or ``len(items)``)."""
+    total = len(items) if total is None and isinstance(items, Sized) else total
     if on_terminal():
         from tqdm import tqdm
 
-        yield from tqdm(items, desc=what, unit=unit)
+        yield from tqdm(items, desc=what, unit=unit, total=total)
         return
-    total = len(items) if isinstance(items, Sized) else None
     done = 0
     for done, item in enumerate(items, 1):
         yield item

@@ -103,6 +103,12 @@ class Settings:
     max_pending_predicts: int = 3
     """/predict calls a server process works on at once (at most ``threads`` - 1, so webhooks and /health always find
     a thread); one more is answered 503 with Retry-After at once instead of waiting behind them."""
+    predict_batch_size: int = 1
+    """Images per detect() call when predicting many tasks (same-shape images share a forward pass): a GPU wants
+    4-8; on a CPU a batch is no faster (bench/results/throughput.md) and only holds more images in memory."""
+    prefetch_images: int = 2
+    """Images fetched and decoded ahead of the model, overlapping its forward pass; 0: each image is fetched only
+    when the model is free. A process holds at most ``predict_batch_size + prefetch_images`` decoded images."""
     max_request_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted; a larger one is answered 413."""
     webhook_secret: str = ""

@@ -1,12 +1,12 @@
 """Finishing, in the background, the tasks a /predict call had no time for: every task ends with a prediction.
 
-/predict answers within its budget (Label Studio gives up after 100 s); the tasks it answered without a
-prediction are queued here and predicted one at a time by a thread of the server process, with the model that
-serves their project at that moment (and that version's calibrated thresholds). Each prediction goes to the
-store, so the next "Retrieve predictions" answers it at once, and, when Label Studio is configured, straight
-into Label Studio (``POST /api/predictions``), so nobody has to ask again. The queue is bounded; a task that
-finds it full is dropped (logged) and Label Studio asks for it again next time. Queued tasks do not survive a
-restart, for the same reason that is fine.
+/predict answers within its budget (Label Studio gives up after 100 s); the tasks it answered without a prediction
+are queued here and predicted by a thread of the server process (up to ``AT_ONCE`` at a time), with the model that
+serves their project at that moment (and that version's calibrated thresholds). Each prediction goes to the store,
+so the next "Retrieve predictions" answers it at once, and, when Label Studio is configured, straight into Label
+Studio (``POST /api/predictions``), so nobody has to ask again. The queue is bounded; a task that finds it full is
+dropped (logged) and Label Studio asks for it again next time. Queued tasks do not survive a restart, for the
+same reason that is fine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from active_learning.images import ImageFetcher
 from active_learning.labelstudio.client import LabelStudioClient
 from active_learning.serving.jobs import Job, recalibrated
 from active_learning.serving.pool import ModelPool
-from active_learning.serving.predict import PredictionError, predict_task, stored_prediction
+from active_learning.serving.tasks import predict_tasks
 from active_learning.store import Store
 from backend.metrics import Metrics
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 CAPACITY = 10_000
 """Tasks waiting at most; a few hundred bytes each."""
+AT_ONCE = 32
+"""Queued tasks predicted together (fetched ahead of the model and batched, ``serving.batching``)."""
 
 
 class Backfill:
@@ -57,28 +59,51 @@ class Backfill:
 
     def _run(self) -> None:
         while True:
-            task, job = self._queue.get()
+            queued = self._take()
             try:
-                self._finish(task, job)
-            except Exception:  # noqa: BLE001 - e.g. Label Studio down: this task is lost, the thread goes on
-                log.exception("task %s: background prediction failed", task.get("id"))
-                self.metrics.count("failures")
+                for job, tasks in _by_job(queued):
+                    self._finish(tasks, job)
+            except Exception:  # noqa: BLE001 - e.g. the store down: these tasks are lost, the thread goes on
+                log.exception("background prediction of %d task(s) failed", len(queued))
+                self.metrics.count("failures", len(queued))
             finally:
-                self._queue.task_done()
+                for _ in queued:
+                    self._queue.task_done()
 
-    def _finish(self, task: dict, job: Job) -> None:
+    def _take(self) -> list[tuple[dict, Job]]:
+        """The next queued task (waiting for one) and those queued behind it, up to ``AT_ONCE``."""
+        queued = [self._queue.get()]
+        while len(queued) < AT_ONCE:
+            try:
+                queued.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return queued
+
+    def _finish(self, tasks: list[dict], job: Job) -> None:
         model = self.pool.model_for(job.project_id)
         # another version may serve by now
         job = recalibrated(self.pool.settings, job, model.calibration, model.classifier)
-        if stored_prediction(self.store, task, job, model.version) is not None:
-            return  # a later /predict (or the worker) answered it meanwhile, and Label Studio has it
-        try:
-            prediction = predict_task(model, self.fetcher, self.store, task, job)
-        except PredictionError as exc:
-            log.warning("task %s: %s; no prediction", task.get("id"), exc)
-            self.metrics.count("failures")
-            return
-        self.metrics.count("predicted_in_background")
-        if self.label_studio is not None and isinstance(task.get("id"), int):
-            self.label_studio.create_prediction(task["id"], prediction)
-            log.info("task %s: prediction of %s pushed to Label Studio", task["id"], model.version)
+        for answer in predict_tasks(self.pool.settings, model, self.fetcher, self.store, tasks, job):
+            if answer.from_store:
+                continue  # a later /predict (or the worker) answered it meanwhile, and Label Studio has it
+            if answer.prediction is None:
+                log.warning("task %s: %s; no prediction", answer.task.get("id"), answer.error)
+                self.metrics.count("failures")
+                continue
+            self.metrics.count("predicted_in_background")
+            if self.label_studio is not None and isinstance(answer.task.get("id"), int):
+                try:
+                    self.label_studio.create_prediction(answer.task["id"], answer.prediction)
+                    log.info("task %s: prediction of %s pushed to Label Studio", answer.task["id"], model.version)
+                except Exception as exc:  # noqa: BLE001 - Label Studio down: stored, the next /predict answers it
+                    log.warning("task %s: prediction not pushed to Label Studio: %s", answer.task["id"],
+                                str(exc)[:300])
+
+
+def _by_job(queued: list[tuple[dict, Job]]) -> list[tuple[Job, list[dict]]]:
+    """The tasks of each job, in queue order (the tasks of one /predict call share its job object)."""
+    groups: dict[int, tuple[Job, list[dict]]] = {}
+    for task, job in queued:
+        groups.setdefault(id(job), (job, []))[1].append(task)
+    return list(groups.values())

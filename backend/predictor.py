@@ -44,8 +44,8 @@ from active_learning.reports.status import collect_status
 from active_learning.serving.interactive import SmartPrompt, smart_prompt
 from active_learning.serving.jobs import Job, PromptError, project_job
 from active_learning.serving.pool import LoadedModel, ModelPool
-from active_learning.serving.predict import PredictionError, predict_smart_prompt, predict_task, stored_prediction
-from active_learning.video.tracking import OverBudget
+from active_learning.serving.predict import PredictionError, predict_smart_prompt
+from active_learning.serving.tasks import predict_tasks
 from active_learning.settings import Settings
 from active_learning.store import Store
 from backend.backfill import Backfill
@@ -164,27 +164,17 @@ class Predictor:
     # --- the work ----------------------------------------------------------------------------------------
     def _predict_tasks(self, tasks: list[dict], job: Job, model: LoadedModel) -> list:
         deadline = time.monotonic() + self.settings.predict_budget_seconds
-        results, skipped = [], []
-        for task in tasks:
-            try:
-                cached = stored_prediction(self.store, task, job, model.version)
-                if cached is not None:
-                    self.metrics.count("cache_hits")
-                    results.append(cached)
-                elif time.monotonic() >= deadline:
-                    skipped.append(task)
-                    results.append(NO_PREDICTION)
-                else:
-                    results.append(predict_task(model, self.fetcher, self.store, task, job, deadline))
-                    self.metrics.count("predictions")
-            except OverBudget as exc:  # a video longer than the budget left: finished in the background
-                log.info("task %s: %s", task.get("id"), exc)
-                skipped.append(task)
-                results.append(NO_PREDICTION)
-            except PredictionError as exc:
-                log.warning("task %s: %s; no prediction", task.get("id"), exc)
+        results: list = [NO_PREDICTION] * len(tasks)
+        skipped = []
+        for answer in predict_tasks(self.settings, model, self.fetcher, self.store, tasks, job, deadline):
+            if answer.prediction is not None:
+                self.metrics.count("cache_hits" if answer.from_store else "predictions")
+                results[answer.index] = answer.prediction
+            elif answer.over_budget:
+                skipped.append(answer.task)
+            else:
+                log.warning("task %s: %s; no prediction", answer.task.get("id"), answer.error)
                 self.metrics.count("failures")
-                results.append(NO_PREDICTION)
         if skipped:
             self.metrics.count("skipped_over_budget", len(skipped))
             log.warning("/predict budget of %.0f s spent: %d task(s) answered without prediction, finished in the "

@@ -1,9 +1,10 @@
 """Images + a job -> Label Studio regions and a score: the one prediction path.
 
 /predict (and its background completion of tasks over the time budget), the worker's publish after a
-promotion, ``groundloop predict`` on a folder and the demo all call ``predict_images``; tasks go through
-``predict_task`` (images here, videos in ``video_predict``), which stores the prediction (``predictions``, keyed by image URL, model version and the job's
-``params_key``), so a prediction computed by one of them is answered from the store by the others.
+promotion, ``groundloop predict`` on a folder and the demo all call ``predict_images``: Label Studio tasks through
+``tasks.predict_tasks`` (which stores each prediction, keyed by image URL, model version and the job's
+``params_key``, so a prediction computed by one caller is answered from the store to the others), a folder's images
+through ``batching.predict_batched`` (which fetches ahead of the model and batches).
 
 A prediction is ``{"result": [regions], "score": s, "model_version": v}``: Label Studio's format for a
 /predict answer and for ``POST /api/predictions``. Regions are rectangles, and for a config with brush or polygon
@@ -16,12 +17,12 @@ Studio's "Uncertainty sampling" serves first.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from active_learning.images import ImageError, ImageFetcher
 from active_learning.images.fetcher import short_url
+from active_learning.images.slots import image_slots
 from active_learning.labelstudio.regions import regions_from_detections
 from active_learning.serving.interactive import SmartPrompt, answer_smart_prompt
 from active_learning.serving.jobs import Job
@@ -39,11 +40,6 @@ if TYPE_CHECKING:
     from model import Detector
 
 log = logging.getLogger(__name__)
-
-IMAGES_AT_ONCE = threading.BoundedSemaphore(2)
-"""Task images a process holds decoded at once: the detector takes one image at a time anyway, and every request
-thread holding its own (up to ``max_image_pixels``) decoded image would add up to gigabytes."""
-
 
 class PredictionError(Exception):
     """The task gets no prediction; the message says why in one line."""
@@ -99,65 +95,12 @@ def stored_prediction(store: Store, task: dict, job: Job, model_version: str) ->
     return None if found is None else as_prediction(found["result"], found["score"], model_version)
 
 
-def predict_task(model: "LoadedModel", fetcher: ImageFetcher, store: Store, task: dict, job: Job,
-                 deadline: float | None = None) -> dict:
-    """Fetch the task's image (or video), predict, store the prediction (when the task has an id) and return it.
-
-    Raises PredictionError when the image cannot be read or the detector fails on it: one odd image must not
-    cost the other tasks their predictions. A video raises ``OverBudget`` once ``deadline`` (``time.monotonic()``)
-    has passed: the caller finishes it in the background.
-    """
-    url = image_url(task, job)
-    result, score = (_predict_video_task if job.schema.is_video else _predict_image_task)(
-        model, fetcher, url, job, deadline)
-    if isinstance(task.get("id"), int):
-        store.predictions.save(project_id=job.project_id, task_id=task["id"], image_url=url,
-                               model_version=model.version, params_key=job.params_key, result=result, score=score)
-    return as_prediction(result, score, model.version)
-
-
-def _predict_image_task(model: "LoadedModel", fetcher: ImageFetcher, url: str, job: Job,
-                        deadline: float | None) -> tuple[list[dict], float]:
-    with IMAGES_AT_ONCE:
-        try:
-            fetched = fetcher.fetch(url)
-        except ImageError as exc:
-            raise PredictionError(str(exc)) from None
-        try:
-            [predicted] = predict_images(model.detector, [fetched.image], job)
-        except ModelUnavailable as exc:
-            raise PredictionError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
-            log.exception("detection failed on %s", short_url(url))
-            raise PredictionError(f"detection failed on {short_url(url)}: {type(exc).__name__}") from None
-    return predicted.result, predicted.score
-
-
-def _predict_video_task(model: "LoadedModel", fetcher: ImageFetcher, url: str, job: Job,
-                        deadline: float | None) -> tuple[list[dict], float]:
-    from active_learning.serving.video_predict import predict_video
-    from active_learning.video.cache import VideoCache
-    from active_learning.video.frames import VideoError
-    from active_learning.video.tracking import OverBudget
-
-    try:
-        path = VideoCache(fetcher.settings, fetcher).path(url)
-        return predict_video(model.detector, path, job, deadline)
-    except (ImageError, VideoError) as exc:
-        raise PredictionError(str(exc)) from None
-    except OverBudget:
-        raise
-    except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported as this task's failure
-        log.exception("tracking failed on %s", short_url(url))
-        raise PredictionError(f"tracking failed on {short_url(url)}: {type(exc).__name__}") from None
-
-
 def predict_smart_prompt(model: "LoadedModel", fetcher: ImageFetcher, task: dict, schema: "ProjectSchema",
                          prompt: "SmartPrompt", segmenter_source: str) -> dict:
     """The answer to a smart tool's prompt on the task's image (``interactive``); shown by Label Studio, stored by
     neither. Raises PredictionError when the image or the segmenter fails."""
     url = _image_url(task, schema.image_key)
-    with IMAGES_AT_ONCE:
+    with image_slots(fetcher.settings).one():
         try:
             fetched = fetcher.fetch(url)
             segmenter = shared_segmenter(segmenter_source, model.detector.device)

@@ -9,7 +9,8 @@ from active_learning.labelstudio.client import LabelStudioClient
 from active_learning.labelstudio.config import parse_label_config
 from active_learning.serving.jobs import project_job
 from active_learning.serving.pool import LoadedModel
-from active_learning.serving.predict import predict_task, stored_prediction
+from active_learning.serving.predict import PredictionError
+from active_learning.serving.tasks import predict_tasks
 from active_learning.settings import Settings
 from active_learning.store import Store
 
@@ -34,11 +35,12 @@ def publish_to_label_studio(settings: Settings, store: Store, client: LabelStudi
     tasks = client.unlabeled_tasks(project_id)
     log.info("project %d: predicting %d unlabeled tasks with %s", project_id, len(tasks), model.version)
     pushed = 0
-    for n, task in enumerate(tasks, 1):
+    for n, answer in enumerate(predict_tasks(settings, model, fetcher, store, tasks, job), 1):
+        task = answer.task
         try:
-            prediction = stored_prediction(store, task, job, model.version) \
-                or predict_task(model, fetcher, store, task, job)
-            client.create_prediction(task["id"], prediction)
+            if answer.prediction is None:
+                raise PredictionError(answer.error)
+            client.create_prediction(task["id"], answer.prediction)
             pushed += 1
         except Exception as exc:  # noqa: BLE001 - one task's failure (image, Label Studio) skips that task only
             log.warning("project %d: task %s gets no prediction of %s: %s", project_id, task.get("id"),

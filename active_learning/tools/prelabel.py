@@ -40,7 +40,7 @@ from active_learning.labelstudio.regions import boxes_from_result
 from active_learning.progress import progress
 from active_learning.serving.jobs import folder_job
 from active_learning.serving.pool import starting_model_version
-from active_learning.serving.predict import predict_images
+from active_learning.serving.batching import predict_batched
 from active_learning.settings import Settings
 from active_learning.tools import IMAGE_EXTENSIONS
 from model.detector import Detector
@@ -95,36 +95,25 @@ def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpe
     if shard is not None:
         files = [p for p in files if shard_of(p.relative_to(images_dir).as_posix(), shard[1]) == shard[0]]
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-    report, records, detector, missing = PrelabelReport(), [], None, []
-    for path in progress(files, "merging" if merge else "pre-labeling", "image"):
-        cache_file = out_dir / "predictions" / f"{path.name}.json"
+    report, records, missing, new = PrelabelReport(), {}, [], []
+    for path in (progress(files, "merging", "image") if merge else files):
         data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        record = _read_record(cache_file, key, sha)
-        if record is None:
+        record = _read_record(out_dir / "predictions" / f"{path.name}.json", key, hashlib.sha256(data).hexdigest())
+        if record is not None:
+            report.reused += 1
+            records[path] = record
+        elif not merge:
+            new.append(path)
+        else:  # an undecodable image is skipped as an unsharded run skips it; any other is missing
             try:
-                image = decode(str(path), data, settings.max_image_pixels)
+                decode(str(path), data, settings.max_image_pixels)
+                missing.append(path.name)
             except ImageError as exc:
                 report.failed.append(f"{path.name}: {exc}")
-                continue
-            if merge:  # an undecodable image is skipped as an unsharded run skips it; any other is missing
-                missing.append(path.name)
-                continue
-            detector = detector or Detector.load(settings.model, device=settings.device)
-            try:
-                [predicted] = predict_images(detector, [image.image], job)
-            except Exception as exc:  # one odd image must not stop the folder
-                report.failed.append(f"{path.name}: detection failed ({type(exc).__name__}: {exc})")
-                continue
-            _save_preview(image.image, predicted.detections, out_dir / "previews" / path.name)
-            record = {"key": key, "sha256": sha, "width": image.width, "height": image.height,
-                      **predicted.as_prediction(starting_model_version(detector))}
-            _write_json(cache_file, record)
-            report.predicted += 1
-        else:
-            report.reused += 1
-        report.boxes += len(record["result"])
-        records.append((path, record))
+    if new:
+        records.update(_predict_new(settings, job, key, new, out_dir, report))
+    records = [(path, records[path]) for path in files if path in records]
+    report.boxes = sum(len(record["result"]) for _, record in records)
     tasks = [{"data": {job.schema.image_key: prefix + quote(path.name)},
               "predictions": [{"model_version": r["model_version"], "score": r["score"], "result": r["result"]}]}
              for path, r in records]
@@ -133,6 +122,27 @@ def prelabel_folder(settings: Settings, images_dir: Path, classes: list[ClassSpe
     if tasks != _read_json(out_dir / f"tasks{suffix}.json"):
         _write_outputs(tasks, records, classes, out_dir, suffix)
     return report
+
+
+def _predict_new(settings: Settings, job, key: str, paths: list[Path], out_dir: Path,
+                 report: PrelabelReport) -> dict[Path, dict]:
+    """Predict ``paths`` (decoded ahead of the model, in batches), writing each image's preview and record."""
+    detector = Detector.load(settings.model, device=settings.device)
+    version = starting_model_version(detector)
+    records = {}
+    outcomes = predict_batched(detector, job, paths, lambda path: decode(str(path), path.read_bytes(),
+                                                                         settings.max_image_pixels), settings)
+    for outcome in progress(outcomes, "pre-labeling", "image", total=len(paths)):
+        path, fetched, predicted = outcome.item, outcome.fetched, outcome.prediction
+        if predicted is None:  # one odd image must not stop the folder
+            report.failed.append(f"{path.name}: {outcome.error}")
+            continue
+        _save_preview(fetched.image, predicted.detections, out_dir / "previews" / path.name)
+        records[path] = {"key": key, "sha256": fetched.sha256, "width": fetched.width, "height": fetched.height,
+                         **predicted.as_prediction(version)}
+        _write_json(out_dir / "predictions" / f"{path.name}.json", records[path])
+        report.predicted += 1
+    return records
 
 
 def _read_record(cache_file: Path, key: str, sha: str) -> dict | None:
