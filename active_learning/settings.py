@@ -61,6 +61,10 @@ class Settings:
     pixels of the original image (besides the whole image); 0: off. A control's ``slice_size`` attribute wins."""
     slice_overlap: float = DetectionSettings.slice_overlap
     """Share of a tile's side that neighbouring tiles overlap, in [0, 1)."""
+    cpu_precision: str = DetectionSettings.cpu_precision
+    """The detector's forward pass on a CPU: ``auto`` (bfloat16 autocast where the CPU has bfloat16 instructions,
+    avx512_bf16 or amx_bf16: 0.62x the fp32 time, held-out mAP within 0.003, bench/results/cpu_options.md; fp32
+    elsewhere), ``bf16`` or ``fp32``. A GPU always runs under bf16/fp16 autocast."""
     video_stride: int = TrackingSettings.stride
     """Videos: detect every ``video_stride``-th frame (Label Studio's frames); Label Studio interpolates between."""
     video_lost_seconds: float = TrackingSettings.lost_seconds
@@ -163,6 +167,9 @@ class Settings:
     """Removing a pre-annotated box that matches no object."""
 
     # --- derived -------------------------------------------------------------------------------------
+    def __post_init__(self):
+        self.detection_settings()  # a bad slice size or CPU precision is refused at once, not at the first image
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'groundloop.db').resolve()}"
@@ -203,7 +210,7 @@ class Settings:
             box_threshold=self.box_threshold if box_threshold is None else box_threshold,
             text_threshold=self.text_threshold, nms_iou=self.nms_iou, max_detections=self.max_detections,
             image_size=self.image_size, slice_size=self.slice_size if slice_size is None else slice_size,
-            slice_overlap=self.slice_overlap,
+            slice_overlap=self.slice_overlap, cpu_precision=self.cpu_precision,
         )
 
     def tracking_settings(self) -> TrackingSettings:
@@ -215,7 +222,7 @@ class Settings:
     def evaluation_settings(self) -> DetectionSettings:
         """Detection for mAP: every candidate down to a low score counts (mAP ranks them), the rest as served."""
         return dataclasses.replace(EVAL_SETTINGS, nms_iou=self.nms_iou, max_detections=self.max_detections,
-                                   image_size=self.image_size)
+                                   image_size=self.image_size, cpu_precision=self.cpu_precision)
 
     def training_config(self, refining: bool = False) -> TrainingConfig:
         """``refining``: the round starts from a fine-tuned version (``refine_lr_factor`` applies)."""

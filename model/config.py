@@ -11,6 +11,7 @@ from dataclasses import dataclass
 MIN_SLICE_SIZE = 64
 """Smallest tile: the tile count grows with the inverse square of its side, so tiny tiles would hold the detector
 for minutes per image."""
+CPU_PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,17 @@ class DetectionSettings:
     no larger than a tile is not sliced."""
     slice_overlap: float = 0.2
     """Share of a tile's side that neighbouring tiles overlap, in [0, 1)."""
+    cpu_precision: str = "auto"
+    """The forward pass on a CPU: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 where the CPU has bfloat16
+    instructions, see ``devices.cpu_has_bf16``). A GPU always runs under bf16/fp16 autocast."""
 
     def __post_init__(self):
         if self.slice_size < 0 or (self.slice_size and self.slice_size < MIN_SLICE_SIZE):
             raise ValueError(f"slice_size {self.slice_size}: 0 (off) or at least {MIN_SLICE_SIZE} pixels")
         if not 0.0 <= self.slice_overlap < 1.0:
             raise ValueError(f"slice_overlap {self.slice_overlap} is outside [0, 1)")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision {self.cpu_precision!r} is not one of {', '.join(CPU_PRECISIONS)}")
 
 
 EVAL_SETTINGS = DetectionSettings(box_threshold=0.01, text_threshold=0.0, max_detections=100)

@@ -82,7 +82,7 @@ class Detector:
                 phrase_masks = phrase_token_masks(prompt.input_ids, self.model.config.max_text_len)
                 phrase_classes = torch.tensor(prompt.phrase_classes)
                 for indices, pixel_values in view_groups:
-                    token_probs, pred_boxes = self._forward(pixel_values, prompt)
+                    token_probs, pred_boxes = self._forward(pixel_values, prompt, settings.cpu_precision)
                     queries = assign_classes(token_probs, phrase_masks, phrase_classes, settings.text_threshold)
                     for row, view_index in enumerate(indices):
                         view = views[view_index]
@@ -149,10 +149,11 @@ class Detector:
             image = image.resize((width, height), resample=image_processor.resample)
         return (image if image.mode == "RGB" else image.convert("RGB")), True
 
-    def _forward(self, pixel_values: torch.Tensor, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, pixel_values: torch.Tensor, prompt: Prompt,
+                 cpu_precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
         """Token probabilities ``(batch, queries, max_text_len)`` and boxes ``(batch, queries, 4)``, on CPU."""
         input_ids = torch.tensor([prompt.input_ids] * len(pixel_values), device=self.device)
-        with torch.inference_mode(), inference_autocast(self.device):
+        with torch.inference_mode(), inference_autocast(self.device, cpu_precision):
             outputs = self.model(
                 pixel_values=pixel_values.to(self.device),
                 input_ids=input_ids,

@@ -134,8 +134,10 @@ def make_job(settings: Settings, schema: ProjectSchema, project_id: int | None =
 
 def _detection_key(detection: DetectionSettings) -> dict:
     """The settings as the cache key sees them: slicing's fields only when it is on (off, they change nothing, and
-    the keys of unsliced jobs stay as they were before slicing existed)."""
+    the keys of unsliced jobs stay as they were before slicing existed); not the CPU precision, which moves
+    answers no more than running on another device does (and the device is no part of the key either)."""
     fields = dataclasses.asdict(detection)
+    del fields["cpu_precision"]
     if not detection.slice_size:
         del fields["slice_size"], fields["slice_overlap"]
     return fields

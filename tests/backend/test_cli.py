@@ -45,6 +45,9 @@ def test_bad_values_are_refused(capsys):
     with pytest.raises(SystemExit):
         parse(["serve", "--port", "many"])
     assert "GROUNDLOOP_PORT='many' is not a valid int" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["serve", "--cpu-precision", "fp16"])
+    assert "cpu_precision 'fp16' is not one of auto, bf16, fp32" in capsys.readouterr().err
 
 
 def test_gunicorn_is_configured_from_settings():

@@ -1,5 +1,6 @@
 """The Detector end to end on the small offline model (random detection head, real tokenizer)."""
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 
 from model import ClassSpec, DetectionSettings, Detector, build_prompts
 from model.detector import weights_digest
+from model.devices import cpu_has_bf16
 
 CLASSES = [ClassSpec("Traffic Light", aliases=("stop light",)), ClassSpec("light"), ClassSpec("car")]
 # The random head is very sure of itself; a low threshold keeps many boxes, to compare.
@@ -53,6 +55,23 @@ def test_a_batch_equals_the_same_images_one_by_one(detector):
     for image, from_batch in zip(IMAGES, batched):
         (alone,) = detector.detect([image], CLASSES, LOW)
         assert_same(from_batch, alone)
+
+
+def test_cpu_precision_sets_the_dtype_of_the_forward_pass(detector):
+    seen: set = set()
+    first_linear = next(m for m in detector.model.modules() if isinstance(m, torch.nn.Linear))
+    hook = first_linear.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    try:
+        for precision, expected in [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                    ("auto", torch.bfloat16 if cpu_has_bf16() else torch.float32)]:
+            seen.clear()
+            (found,) = detector.detect(IMAGES[:1], CLASSES, dataclasses.replace(LOW, cpu_precision=precision))
+            assert seen == {expected}, precision
+            assert found.xyxy.dtype == np.float32 and len(found) > 0
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="cpu_precision 'fp16'"):
+        DetectionSettings(cpu_precision="fp16")
 
 
 def test_no_classes_or_no_images(detector):
