@@ -347,7 +347,7 @@ def adoption(option: str, full: dict, small: dict, maps: dict) -> tuple[bool, st
 def write_report(path: Path, args, info: dict, load_start, load_end, version: str, model_path: str,
                  full: dict, small: dict, maps: dict, extras: dict, failures: dict, seconds: float) -> str:
     rows = ["| option | full-size ms | ratio vs fp32 (min-max) | small ms | ratio vs fp32 (min-max) | held-out mAP "
-            "| mAP diff | adopt? |", "|---|---|---|---|---|---|---|---|"]
+            "| mAP diff | faster on every pair and within 0.01 mAP? |", "|---|---|---|---|---|---|---|---|"]
     for option in args.options:
         diff = f"{maps[option] - maps['fp32']:+.4f}" if option in maps and "fp32" in maps else "-"
         rows.append(f"| {option} | {_ms(full, option)} | {_ratio(full, option)} | {_ms(small, option)} | "
@@ -403,8 +403,8 @@ def reading(args, full: dict, small: dict, maps: dict) -> str:
         parts.append(f"{option}: full-size {_ratio(full, option)} x fp32, small {_ratio(small, option)} x fp32, "
                      f"mAP {maps[option] - maps['fp32']:+.4f}" if option in maps and option in full
                      else f"{option}: not measured")
-    verdict = (f"Adopt {', '.join(adopted)}." if adopted else "Adopt none: no option is both faster on every "
-               "interleaved pair and within 0.01 mAP; fp32 stays the CPU default.")
+    verdict = (f"Passing both: {', '.join(adopted)}." if adopted else
+               "None passes: no option is both faster on every interleaved pair and within 0.01 mAP.")
     return "; ".join(parts) + ". " + verdict
 
 
