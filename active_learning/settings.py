@@ -109,7 +109,8 @@ class Settings:
     a thread); one more is answered 503 with Retry-After at once instead of waiting behind them."""
     predict_batch_size: int = 1
     """Images per detect() call when predicting many tasks (same-shape images share a forward pass): a GPU wants
-    4-8; on a CPU a batch is no faster (bench/results/throughput.md) and only holds more images in memory."""
+    4-8; on a 2-core CPU batches of 4 gave the full-size model nothing (0.44 against 0.43 images/s) and a small
+    model 2.2x (bench/results/throughput.md). Each image of a batch is held decoded until the batch is done."""
     prefetch_images: int = 2
     """Images fetched and decoded ahead of the model, overlapping its forward pass; 0: each image is fetched only
     when the model is free. A process holds at most ``predict_batch_size + prefetch_images`` decoded images."""
