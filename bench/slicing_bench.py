@@ -32,46 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import supervision as sv
 import torch
 import transformers
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import Detector, TrainingConfig, build_small_model  # noqa: E402
 from model.config import EVAL_SETTINGS  # noqa: E402
 from model.evaluation import evaluate_detections  # noqa: E402
-from model.synthetic import _COLOURS, SHAPE_CLASSES, SyntheticImage, make_shapes_dataset  # noqa: E402
+from model.synthetic import SHAPE_CLASSES, make_shapes_dataset, make_small_shapes_image  # noqa: E402
 from model.training import TrainingExample, fit  # noqa: E402
 
 SERVED_THRESHOLD = 0.35
-
-
-def large_image(rng: random.Random, size: int, shapes: int, min_side: int, max_side: int) -> SyntheticImage:
-    """A ``size`` px square of the training images' noisy grey with ``shapes`` non-overlapping small shapes."""
-    noise = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(noise, "RGB")
-    draw = ImageDraw.Draw(image)
-    boxes, class_ids = [], []
-    while len(boxes) < shapes:
-        side = rng.randint(min_side, max_side)
-        x1, y1 = rng.randint(0, size - side), rng.randint(0, size - side)
-        box = (x1, y1, x1 + side, y1 + side)
-        if not all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes):
-            continue
-        class_id = rng.randrange(len(SHAPE_CLASSES))
-        name = SHAPE_CLASSES[class_id].name
-        if name == "red square":
-            draw.rectangle(box, fill=_COLOURS[name])
-        elif name == "blue circle":
-            draw.ellipse(box, fill=_COLOURS[name])
-        else:
-            draw.polygon([(box[0], box[3]), ((box[0] + box[2]) / 2, box[1]), (box[2], box[3])], fill=_COLOURS[name])
-        boxes.append(box)
-        class_ids.append(class_id)
-    return SyntheticImage(image, sv.Detections(xyxy=np.array(boxes, dtype=float), class_id=np.array(class_ids)))
 
 
 def matched(truth: sv.Detections, predicted: sv.Detections, threshold: float) -> int:
@@ -119,7 +92,8 @@ def main() -> None:
     print(f"trained in {train_seconds:.0f} s, best validation mAP {result.best_map:.3f}", file=sys.stderr)
 
     rng = random.Random(3)
-    images = [large_image(rng, args.size, args.shapes, args.min_side, args.max_side) for _ in range(args.images)]
+    images = [make_small_shapes_image(rng, args.size, args.shapes, args.min_side, args.max_side)
+              for _ in range(args.images)]
     base = dataclasses.replace(EVAL_SETTINGS, image_size=args.eval_edge)
     modes = {
         f"off, edge {args.eval_edge}": base,

@@ -54,6 +54,26 @@ def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) 
     return SyntheticImage(image, targets)
 
 
+def make_small_shapes_image(rng: random.Random, size: int, count: int, min_side: int,
+                            max_side: int) -> SyntheticImage:
+    """A ``size`` px image of the same noisy grey with exactly ``count`` non-overlapping shapes of ``min_side`` to
+    ``max_side`` px: small objects in a large image, for sliced inference."""
+    noise = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(noise, "RGB")
+    draw = ImageDraw.Draw(image)
+    boxes, class_ids = [], []
+    while len(boxes) < count:
+        side = rng.randint(min_side, max_side)
+        x1, y1 = rng.randint(0, size - side), rng.randint(0, size - side)
+        box = (x1, y1, x1 + side, y1 + side)
+        if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes):
+            class_ids.append(rng.randrange(len(SHAPE_CLASSES)))
+            _draw_shape(draw, SHAPE_CLASSES[class_ids[-1]].name, box)
+            boxes.append(box)
+    targets = sv.Detections(xyxy=np.array(boxes, dtype=float).reshape(-1, 4), class_id=np.array(class_ids, dtype=int))
+    return SyntheticImage(image, targets)
+
+
 def make_shapes_dataset(count: int, seed: int = 0, size: int = 128) -> list[SyntheticImage]:
     rng = random.Random(seed)
     return [make_shapes_image(rng, size) for _ in range(count)]
