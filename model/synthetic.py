@@ -32,8 +32,7 @@ class SyntheticImage:
 
 def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) -> SyntheticImage:
     """One image with 0..max_shapes non-overlapping shapes on a noisy grey background."""
-    noise = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(noise, "RGB")
+    image = _noisy_grey(rng, size)
     draw = ImageDraw.Draw(image)
     boxes, class_ids = [], []
     for _ in range(rng.randint(0, max_shapes)):
@@ -41,7 +40,7 @@ def make_shapes_image(rng: random.Random, size: int = 128, max_shapes: int = 3) 
         for _attempt in range(10):
             x1, y1 = rng.randint(0, size - side), rng.randint(0, size - side)
             box = (x1, y1, x1 + side, y1 + side)
-            if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes):
+            if _clear_of(box, boxes):
                 break
         else:
             continue
@@ -58,15 +57,14 @@ def make_small_shapes_image(rng: random.Random, size: int, count: int, min_side:
                             max_side: int) -> SyntheticImage:
     """A ``size`` px image of the same noisy grey with exactly ``count`` non-overlapping shapes of ``min_side`` to
     ``max_side`` px: small objects in a large image, for sliced inference."""
-    noise = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(noise, "RGB")
+    image = _noisy_grey(rng, size)
     draw = ImageDraw.Draw(image)
     boxes, class_ids = [], []
     while len(boxes) < count:
         side = rng.randint(min_side, max_side)
         x1, y1 = rng.randint(0, size - side), rng.randint(0, size - side)
         box = (x1, y1, x1 + side, y1 + side)
-        if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes):
+        if _clear_of(box, boxes):
             class_ids.append(rng.randrange(len(SHAPE_CLASSES)))
             _draw_shape(draw, SHAPE_CLASSES[class_ids[-1]].name, box)
             boxes.append(box)
@@ -77,6 +75,17 @@ def make_small_shapes_image(rng: random.Random, size: int, count: int, min_side:
 def make_shapes_dataset(count: int, seed: int = 0, size: int = 128) -> list[SyntheticImage]:
     rng = random.Random(seed)
     return [make_shapes_image(rng, size) for _ in range(count)]
+
+
+def _noisy_grey(rng: random.Random, size: int) -> Image.Image:
+    """The background of every synthetic image: ``size`` px of grey noise."""
+    noise = np.random.default_rng(rng.randrange(2**32)).integers(90, 160, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(noise, "RGB")
+
+
+def _clear_of(box: tuple[int, int, int, int], boxes: list) -> bool:
+    """Whether ``box`` overlaps none of ``boxes`` (xyxy)."""
+    return all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[int, int, int, int]) -> None:
